@@ -1,0 +1,69 @@
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import models
+from django.utils import timezone
+
+
+class ActorKind(models.TextChoices):
+    USER = "user", "User"
+    AGENT = "agent", "Agent"
+    API_CLIENT = "api_client", "API client"
+    SYSTEM = "system", "System"
+
+
+class AuditAction(models.TextChoices):
+    CASE_SUBMITTED = "case.submitted", "Case submitted"
+    CASE_COMPLETED = "case.completed", "Case completed"
+    CASE_REJECTED = "case.rejected", "Case rejected"
+    CASE_CANCELLED = "case.cancelled", "Case cancelled"
+    CASE_FAILED = "case.failed", "Case failed"
+    CASE_PARKED = "case.parked", "Case parked"
+    CASE_RESUMED = "case.resumed", "Case resumed"
+    CASE_REQUEUED = "case.requeued", "Case re-enqueued by the sweeper"
+    STEP_DECIDED = "step.decided", "Step decided"
+    STEP_FAILED = "step.failed", "Step failed"
+    EFFECT_QUEUED = "effect.queued", "Side effect queued"
+    EFFECT_DELIVERED = "effect.delivered", "Side effect delivered"
+    ESCALATION_OPENED = "escalation.opened", "Escalation opened"
+    ESCALATION_CLAIMED = "escalation.claimed", "Escalation claimed"
+    ESCALATION_RELEASED = "escalation.released", "Escalation released"
+    ESCALATION_RESOLVED = "escalation.resolved", "Escalation resolved"
+    WORKFLOW_INSTALLED = "workflow.installed", "Workflow installed"
+    POLICY_CHANGED = "policy.changed", "Policy changed"
+    STOP_ENGAGED = "stop.engaged", "Stop switch engaged"
+    STOP_RELEASED = "stop.released", "Stop switch released"
+    REFERENCE_LOADED = "reference.loaded", "Reference data loaded"
+
+
+class AuditEvent(models.Model):
+    """One thing that happened in the organization: who did what, to what, with which data, when.
+
+    Rows are append-only (database triggers refuse UPDATE, DELETE and TRUNCATE); the only change ever allowed is the
+    sealer filling ``seal_seq`` and ``hash`` once, which chains the event into the tamper-evident hash chain.
+    ``id`` is the insertion order; ``seal_seq`` is the chain order, given at sealing time, so writers never contend
+    on a chain head.
+    """
+
+    occurred_at = models.DateTimeField(default=timezone.now, db_index=True)
+    actor_type = models.CharField(max_length=16, choices=ActorKind.choices)
+    actor_id = models.CharField(max_length=128)
+    actor_label = models.CharField(max_length=200, blank=True)
+    action = models.CharField(max_length=64, choices=AuditAction.choices, db_index=True)
+    subject_type = models.CharField(max_length=64)
+    subject_id = models.CharField(max_length=64)
+    subject_label = models.CharField(max_length=200, blank=True)
+    # The case this event belongs to, when it belongs to one: the per-case timeline and dossier read by it.
+    case_id = models.BigIntegerField(null=True, blank=True, db_index=True)
+    data = models.JSONField(default=dict, encoder=DjangoJSONEncoder, blank=True)
+    correlation_id = models.CharField(max_length=64, blank=True)
+    seal_seq = models.BigIntegerField(null=True, blank=True, unique=True)
+    hash = models.CharField(max_length=64, blank=True, default="")
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [
+            models.Index(fields=["subject_type", "subject_id"], name="audit_subject_idx"),
+            models.Index(fields=["actor_type", "actor_id"], name="audit_actor_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.action} {self.subject_type}:{self.subject_id}"

@@ -1,0 +1,165 @@
+"""The pure decision: does a proposal fall inside an agent's policy?
+
+``evaluate`` takes a policy snapshot, the agent's proposal and a plain view of the case, touches no database, and
+returns a verdict with every reason that applies. It never raises and never allows on error: anything unexpected
+becomes an escalation with reason ``policy_error`` (fail closed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from governance.models import AutonomyLevel
+
+
+@dataclass(frozen=True)
+class Reason:
+    """Why a proposal is escalated: a stable code, a sentence a supervisor reads, and the values compared."""
+
+    code: str
+    message: str
+    rule_id: str = ""
+    values: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"code": self.code, "message": self.message, "rule_id": self.rule_id, "values": self.values}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    decision: str  # "allow" or "escalate"
+    reasons: tuple[Reason, ...] = ()
+    policy_version: int | None = None
+    autonomy: str = ""
+
+    @property
+    def allowed(self) -> bool:
+        return self.decision == "allow"
+
+    @property
+    def primary_reason(self) -> str:
+        return self.reasons[0].code if self.reasons else ""
+
+    def as_dict(self) -> dict:
+        return {
+            "decision": self.decision,
+            "reasons": [r.as_dict() for r in self.reasons],
+            "policy_version": self.policy_version,
+            "autonomy": self.autonomy,
+        }
+
+
+@dataclass(frozen=True)
+class PolicySnapshot:
+    """An immutable, process-cacheable copy of one PolicyVersion."""
+
+    agent_key: str
+    version: int
+    autonomy: str = AutonomyLevel.BOUNDED
+    allowed_actions: tuple[str, ...] = ()
+    max_amount: Decimal | None = None
+    min_confidence: Decimal | None = None
+    daily_amount_budget: Decimal | None = None
+    hourly_decision_limit: int | None = None
+    qa_sample_rate: Decimal = Decimal(0)
+    rules: tuple[dict, ...] = ()
+
+    @classmethod
+    def from_version(cls, version) -> PolicySnapshot:
+        return cls(
+            agent_key=version.policy.agent_key,
+            version=version.number,
+            autonomy=version.autonomy,
+            allowed_actions=tuple(version.allowed_actions or ()),
+            max_amount=version.max_amount,
+            min_confidence=version.min_confidence,
+            daily_amount_budget=version.daily_amount_budget,
+            hourly_decision_limit=version.hourly_decision_limit,
+            qa_sample_rate=version.qa_sample_rate,
+            rules=tuple(version.rules or ()),
+        )
+
+
+def _money(value: Any) -> str:
+    return f"{Decimal(value):,.2f}"
+
+
+def _escalate(policy: PolicySnapshot | None, *reasons: Reason) -> Verdict:
+    return Verdict(
+        decision="escalate",
+        reasons=tuple(reasons),
+        policy_version=policy.version if policy else None,
+        autonomy=policy.autonomy if policy else "",
+    )
+
+
+def evaluate(policy: PolicySnapshot | None, proposal: Any, case: dict | None = None) -> Verdict:
+    """Judge ``proposal`` (outcome, action, amount, confidence) against ``policy``; ``case`` is a plain dict view."""
+    try:
+        return _evaluate(policy, proposal, case or {})
+    except Exception as exc:  # fail closed: an error in the policy never lets a proposal through
+        return _escalate(
+            policy,
+            Reason(
+                code="policy_error", message=f"The policy could not be evaluated: {exc}", values={"error": str(exc)}
+            ),
+        )
+
+
+def _evaluate(policy: PolicySnapshot | None, proposal: Any, case: dict) -> Verdict:
+    if policy is None:
+        return _escalate(None, Reason(code="no_policy", message="The agent has no published policy."))
+    suffix = f" (policy v{policy.version})"
+    if policy.autonomy == AutonomyLevel.OFF:
+        return _escalate(policy, Reason(code="agent_off", message="The agent is switched off" + suffix))
+
+    reasons: list[Reason] = []
+    if policy.autonomy == AutonomyLevel.SHADOW:
+        reasons.append(Reason(code="shadow", message="The agent runs in shadow mode: a human decides" + suffix))
+    elif policy.autonomy == AutonomyLevel.SUPERVISED:
+        reasons.append(
+            Reason(code="supervised", message="The agent is supervised: a human approves every proposal" + suffix)
+        )
+
+    action = proposal.action
+    if policy.allowed_actions and action not in policy.allowed_actions:
+        reasons.append(
+            Reason(
+                code="action_not_allowed",
+                message=f"action '{action}' is not among the allowed actions "
+                f"{', '.join(policy.allowed_actions)}{suffix}",
+                values={"action": action, "allowed": list(policy.allowed_actions)},
+            )
+        )
+
+    amount = proposal.amount
+    if amount is not None and policy.max_amount is not None:
+        try:
+            amount = Decimal(amount)
+        except (InvalidOperation, TypeError, ValueError) as exc:
+            raise ValueError(f"the proposal amount {amount!r} is not a number") from exc
+        if amount > policy.max_amount:
+            reasons.append(
+                Reason(
+                    code="amount_over_limit",
+                    message=f"amount {_money(amount)} exceeds the agent limit {_money(policy.max_amount)}{suffix}",
+                    values={"amount": str(amount), "limit": str(policy.max_amount)},
+                )
+            )
+
+    confidence = proposal.confidence
+    if policy.min_confidence is not None and Decimal(str(confidence)) < policy.min_confidence:
+        reasons.append(
+            Reason(
+                code="low_confidence",
+                message=f"confidence {float(confidence):.2f} is below the minimum {float(policy.min_confidence):.2f}"
+                f"{suffix}",
+                values={"confidence": float(confidence), "minimum": str(policy.min_confidence)},
+            )
+        )
+
+    if reasons:
+        return _escalate(policy, *reasons)
+    return Verdict(decision="allow", policy_version=policy.version, autonomy=policy.autonomy)

@@ -1,0 +1,40 @@
+"""Reads of governance state that the engine and the portal ask for."""
+
+from __future__ import annotations
+
+from django.db.models import Q
+
+from governance.evaluation import PolicySnapshot
+from governance.models import AgentPolicy, PolicyVersion, StopScope, StopSwitch
+
+_snapshots: dict[int, PolicySnapshot] = {}
+
+
+def policy_for_agent(agent_key: str) -> PolicySnapshot | None:
+    """The agent's current policy. One small query for the current version id; the snapshot itself is cached per
+    process by version id, and versions are immutable, so a published change is seen by the next step."""
+    version_id = AgentPolicy.objects.filter(agent_key=agent_key).values_list("current_version_id", flat=True).first()
+    if version_id is None:
+        return None
+    snapshot = _snapshots.get(version_id)
+    if snapshot is None:
+        snapshot = PolicySnapshot.from_version(PolicyVersion.objects.select_related("policy").get(pk=version_id))
+        _snapshots[version_id] = snapshot
+    return snapshot
+
+
+def engaged_stops(*, workflow_key: str, agent_key: str) -> list[StopSwitch]:
+    """Engaged stop switches that cover a step of ``workflow_key`` run by ``agent_key``; read from the database every
+    time (never a long-lived cache), so a stop takes effect before the next step starts."""
+    return list(
+        StopSwitch.objects.filter(engaged=True).filter(
+            Q(scope=StopScope.GLOBAL)
+            | Q(scope=StopScope.WORKFLOW, target=workflow_key)
+            | Q(scope=StopScope.AGENT, target=agent_key)
+        )
+    )
+
+
+def clear_caches() -> None:
+    """Forget cached policy snapshots (tests, whose rolled-back ids can be reused)."""
+    _snapshots.clear()

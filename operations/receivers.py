@@ -1,0 +1,25 @@
+"""Receivers: how operations reacts to governance and to migrations, without governance importing operations."""
+
+from audit.actors import SYSTEM
+from operations.models import WaitReason
+
+SCHEDULES = [
+    # (name, func, minutes)
+    ("selfops: sweep stale cases", "operations.tasks.sweep", 1),
+]
+
+
+def resume_after_stop(sender, scope, target, **kwargs):
+    from operations.services import cases_resume_parked
+
+    cases_resume_parked(reason=WaitReason.STOPPED, actor=SYSTEM)
+
+
+def ensure_schedules(sender, using="default", **kwargs):
+    """Install the periodic tasks (idempotent), so that `migrate` on a fresh database leaves a working cluster."""
+    from django_q.models import Schedule
+
+    for name, func, minutes in SCHEDULES:
+        Schedule.objects.using(using).update_or_create(
+            name=name, defaults={"func": func, "schedule_type": Schedule.MINUTES, "minutes": minutes, "repeats": -1}
+        )

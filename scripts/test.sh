@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The whole test suite: on a throwaway PostgreSQL that this script starts (and stops, also on failure), then on
+# SQLite. Exits non-zero if either run fails. Extra arguments go to pytest (e.g. scripts/test.sh -k engine).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+export DJANGO_ALLOW_ASYNC_UNSAFE=true
+
+say() { printf '\n==== %s ====\n' "$*"; }
+
+find_pg_bin() {
+  if command -v initdb >/dev/null 2>&1 && command -v pg_ctl >/dev/null 2>&1; then dirname "$(command -v initdb)"; return 0; fi
+  local d; for d in /usr/lib/postgresql/*/bin; do [[ -x $d/initdb ]] && { echo "$d"; return 0; }; done
+  return 1
+}
+
+PG_BIN=$(find_pg_bin || true)
+if [[ -z $PG_BIN && $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+  say "PostgreSQL binaries not found: installing Debian's postgresql"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) || true
+  PG_BIN=$(find_pg_bin || true)
+fi
+
+PG_STATUS=skipped
+if [[ -n $PG_BIN ]]; then
+  PGTMP=$(mktemp -d /tmp/selfops-pg.XXXXXX)
+  chmod 755 "$PGTMP"
+  RUN=()
+  if [[ $(id -u) == 0 ]]; then chown postgres "$PGTMP" 2>/dev/null && RUN=(runuser -u postgres --); fi
+  PORT=$($PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  stop_pg() {
+    "${RUN[@]}" "$PG_BIN/pg_ctl" -D "$PGTMP/data" -m immediate stop >/dev/null 2>&1 || true
+    rm -rf "$PGTMP"
+  }
+  trap stop_pg EXIT
+  say "starting a throwaway PostgreSQL ($("$PG_BIN/postgres" --version)) on 127.0.0.1:$PORT"
+  if "${RUN[@]}" "$PG_BIN/initdb" -D "$PGTMP/data" -U selfops -A trust -E UTF8 --no-sync >"$PGTMP/initdb.log" 2>&1 &&
+     "${RUN[@]}" "$PG_BIN/pg_ctl" -D "$PGTMP/data" -l "$PGTMP/server.log" -w -t 60 start \
+       -o "-p $PORT -k $PGTMP -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" >/dev/null; then
+    say "test suite on PostgreSQL"
+    DATABASE_URL="postgres://selfops@127.0.0.1:$PORT/selfops" $PY -m pytest "$@"
+    rc=$?
+    [[ $rc == 0 ]] && PG_STATUS=passed || PG_STATUS="FAILED (exit $rc)"
+  else
+    cat "$PGTMP"/*.log 2>/dev/null | tail -20
+    PG_STATUS="FAILED (PostgreSQL did not start)"
+  fi
+else
+  cat >&2 <<'WARN'
+
+!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
+!!  WARNING: PostgreSQL (initdb, pg_ctl) is not installed and could not be installed.                    !!
+!!  The suite runs on SQLite ONLY: concurrency and locking tests that need PostgreSQL are skipped.       !!
+!!  Install PostgreSQL (Debian: apt-get install postgresql) to run the suite as CI does.                 !!
+!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
+WARN
+fi
+
+say "test suite on SQLite"
+env -u DATABASE_URL $PY -m pytest "$@"
+rc=$?
+[[ $rc == 0 ]] && SQLITE_STATUS=passed || SQLITE_STATUS="FAILED (exit $rc)"
+
+say "summary: PostgreSQL $PG_STATUS · SQLite $SQLITE_STATUS"
+[[ $SQLITE_STATUS == passed && ( $PG_STATUS == passed || $PG_STATUS == skipped ) ]]

@@ -1,0 +1,195 @@
+"""selfops settings: everything that varies between deployments comes from the environment (12-factor).
+
+Defaults give the embedded mode: a SQLite file under ``var/`` shared by web and workers (WAL, IMMEDIATE
+transactions, a busy timeout) and the django-q2 ORM broker on that same database.
+"""
+
+import secrets
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(environ.Env().str("SELFOPS_VAR_DIR", default=str(BASE_DIR / "var")))
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+env = environ.Env()
+environ.Env.read_env(BASE_DIR / ".env")  # real environment variables win over .env
+
+
+def _secret_key() -> str:
+    """The secret key from the environment, else one generated once into var/ (never committed)."""
+    if key := env.str("SECRET_KEY", default=""):
+        return key
+    path = VAR_DIR / "secret_key"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(50))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+SECRET_KEY = _secret_key()
+DEBUG = env.bool("DEBUG", default=False)
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.humanize",
+    "rest_framework",
+    "django_filters",
+    "django_htmx",
+    "django_q",
+    "selfops",
+    "audit",
+    "governance",
+    "operations",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "selfops.urls"
+WSGI_APPLICATION = "selfops.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- database -------------------------------------------------------------------------------------------------------
+SQLITE_OPTIONS = {
+    # WAL lets the web process read while a worker writes; IMMEDIATE takes the write lock at BEGIN, which avoids
+    # most "database is locked" errors when several processes write (see ECOSYSTEM.md).
+    "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    "transaction_mode": "IMMEDIATE",
+    "timeout": 20,
+}
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'selfops.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"].setdefault("OPTIONS", {}).update(SQLITE_OPTIONS)
+else:
+    # Workers run many short transactions: a new connection per task costs five-fold (ECOSYSTEM.md).
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=300)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+CACHES = {"default": env.cache("CACHE_URL", default="locmemcache://selfops")}
+
+# --- auth -----------------------------------------------------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 10}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "portal:home"
+LOGOUT_REDIRECT_URL = "login"
+SESSION_COOKIE_AGE = env.int("SESSION_COOKIE_AGE", default=8 * 3600)
+
+# --- i18n / time ----------------------------------------------------------------------------------------------------
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+# --- static ---------------------------------------------------------------------------------------------------------
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": env.str(
+            "STATICFILES_BACKEND",
+            default="whitenoise.storage.CompressedManifestStaticFilesStorage"
+            if not DEBUG
+            else "django.contrib.staticfiles.storage.StaticFilesStorage",
+        )
+    },
+}
+WHITENOISE_USE_FINDERS = True
+
+# --- email ----------------------------------------------------------------------------------------------------------
+EMAIL_BACKEND = env.str("EMAIL_BACKEND", default="django.core.mail.backends.filebased.EmailBackend")
+EMAIL_FILE_PATH = VAR_DIR / "mail"
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="claims@selfops.example")
+
+# --- REST -----------------------------------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+
+# --- workers (django-q2) --------------------------------------------------------------------------------------------
+REDIS_URL = env.str("REDIS_URL", default="")
+Q_CLUSTER = {
+    "name": "selfops",
+    "workers": env.int("Q_WORKERS", default=2),
+    # A task that outlives `timeout` is killed; one not acknowledged within `retry` is delivered again. retry must
+    # exceed timeout or a task runs twice while still running (checked by selfops.checks).
+    "timeout": env.int("Q_TIMEOUT", default=60),
+    "retry": env.int("Q_RETRY", default=90),
+    # django-q2's own attempt limit does not hold when a worker dies; the engine counts step attempts itself.
+    "max_attempts": env.int("Q_MAX_ATTEMPTS", default=5),
+    "ack_failures": True,
+    # The engine's rows are the record of success; storing every success costs 3x throughput (ECOSYSTEM.md).
+    "save_limit": env.int("Q_SAVE_LIMIT", default=-1),
+    "poll": env.float("Q_POLL", default=0.05),
+    "catch_up": False,
+    "label": "Workers",
+}
+if REDIS_URL:
+    Q_CLUSTER["redis"] = REDIS_URL
+else:
+    Q_CLUSTER["orm"] = "default"
+
+# --- selfops --------------------------------------------------------------------------------------------------------
+SELFOPS = {
+    # engine: attempts per step before an agent_error escalation, backoff between them (seconds), steps per task
+    "STEP_MAX_ATTEMPTS": env.int("SELFOPS_STEP_MAX_ATTEMPTS", default=3),
+    "STEP_RETRY_BACKOFF": env.float("SELFOPS_STEP_RETRY_BACKOFF", default=0.5),
+    "AGENT_TIMEOUT": env.float("SELFOPS_AGENT_TIMEOUT", default=20.0),
+    "MAX_STEPS_PER_TASK": env.int("SELFOPS_MAX_STEPS_PER_TASK", default=50),
+    # a case whose lease expired (its worker died) or that has sat running with no task is re-enqueued by the sweeper
+    "SWEEP_STALE_AFTER": env.int("SELFOPS_SWEEP_STALE_AFTER", default=120),
+    "DEFAULT_SLA_SECONDS": env.int("SELFOPS_DEFAULT_SLA_SECONDS", default=4 * 3600),
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        "django-q": {"level": env.str("Q_LOG_LEVEL", default="WARNING")},
+    },
+}

@@ -1,0 +1,308 @@
+import threading
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from django.db import close_old_connections, connection
+from django.utils import timezone
+
+from audit.actors import Actor
+from audit.models import AuditAction, AuditEvent
+from governance.services import policy_publish, stop_engage, stop_release
+from operations import engine
+from operations.agents import Proposal, agent
+from operations.models import (
+    Case,
+    CaseStatus,
+    Escalation,
+    OutboxEntry,
+    OutboxKind,
+    StepRun,
+    StepRunStatus,
+    WaitReason,
+)
+from operations.services import case_submit, workflow_install
+from tests.helpers import settle, submit
+
+pytestmark = pytest.mark.django_db
+
+admin = Actor.system("test-admin")
+
+
+def test_straight_through_claim_completes_in_one_task_with_payment_and_letter(claim_generator):
+    # given a small auto-glass claim inside every limit
+    claim = claim_generator.claim("straight_through")
+    case = submit(claim)
+
+    # when one worker task advances it
+    assert engine.advance_case(case.pk) == "stop"
+
+    # then all seven steps ran once, in order, and the case completed
+    case.refresh_from_db()
+    assert case.status == CaseStatus.COMPLETED
+    assert case.finished_at is not None and case.current_step is None
+    runs = list(StepRun.objects.filter(case=case).order_by("id").values_list("step__key", "status", "attempt"))
+    assert runs == [
+        (key, StepRunStatus.SUCCEEDED, 1)
+        for key in ["intake", "documents", "coverage", "assessment", "approval", "payment", "communication"]
+    ]
+    # one payment of the approved amount and one approval letter are owed, keyed by case and step
+    payment = OutboxEntry.objects.get(case=case, kind=OutboxKind.PAYMENT)
+    assert payment.idempotency_key == f"case-{case.pk}-payment-payment"
+    assert payment.amount == Decimal(case.context["decisions"]["approval"]["amount"])
+    letter = OutboxEntry.objects.get(case=case, kind=OutboxKind.MESSAGE)
+    assert letter.payload["letter"] == "approval"
+    # and the audit trail holds the submission, seven decisions and the completion
+    actions = list(AuditEvent.objects.filter(case_id=case.pk).values_list("action", flat=True))
+    assert actions.count(AuditAction.STEP_DECIDED) == 7
+    assert actions[0] == AuditAction.CASE_SUBMITTED and AuditAction.CASE_COMPLETED in actions
+
+
+def test_amount_over_the_agent_limit_escalates_with_every_reason_in_words(claim_generator):
+    case = submit(claim_generator.claim("over_limit"))
+
+    engine.advance_case(case.pk)
+
+    case.refresh_from_db()
+    assert (case.status, case.wait_reason) == (CaseStatus.WAITING, WaitReason.ESCALATION)
+    escalation = Escalation.objects.get(case=case)
+    assert escalation.step.key == "approval" and escalation.reason == "amount_over_limit"
+    assert escalation.amount > Decimal(5000)
+    message = escalation.reasons[0]["message"]
+    assert "exceeds the agent limit 5,000.00 (policy v1)" in message
+    assert escalation.queue == "Claims handlers"
+    assert escalation.sla_deadline > timezone.now()
+    # no effect happened before the human decides
+    assert not OutboxEntry.objects.filter(case=case).exists()
+
+
+def test_fraud_referral_goes_to_special_investigations(claim_generator):
+    case = submit(claim_generator.claim("fraud_signals"))
+    engine.advance_case(case.pk)
+    escalation = Escalation.objects.get(case=case)
+    assert escalation.reason == "action_not_allowed"
+    assert escalation.queue == "Special investigations"
+    assert escalation.proposal["action"] == "refer"
+
+
+_calls = {"crash": 0}
+
+
+@agent("test.crash")
+def crashing_agent(ctx):
+    _calls["crash"] += 1
+    raise RuntimeError("model server unreachable")
+
+
+@agent("test.malformed")
+def malformed_agent(ctx):
+    return {"outcome": "ok", "amount": "lots", "confidence": 3}
+
+
+@agent("test.wrong_outcome")
+def wrong_outcome_agent(ctx):
+    return Proposal(outcome="no_such_outcome", action="go")
+
+
+@agent("test.ok")
+def ok_agent(ctx):
+    return Proposal(outcome="ok", action="go", amount=Decimal("10.00"), confidence=0.9, data={"seen": True})
+
+
+def _one_step_workflow(key: str, agent_key: str) -> None:
+    workflow_install(
+        definition={
+            "key": key,
+            "name": key,
+            "payload_schema": {"type": "object"},
+            "steps": [{"key": "only", "name": "Only step", "agent_key": agent_key, "transitions": {"ok": "@complete"}}],
+        },
+        actor=admin,
+    )
+    policy_publish(agent_key=agent_key, actor=admin)
+
+
+def test_a_crashing_agent_ends_in_an_agent_error_escalation_after_the_configured_attempts(settings):
+    # given an agent that always raises, and three attempts allowed
+    settings.SELFOPS = {**settings.SELFOPS, "STEP_MAX_ATTEMPTS": 3}
+    _one_step_workflow("crashy", "test.crash")
+    case = case_submit(workflow_key="crashy", reference="C-1", payload={}, actor=admin)
+    _calls["crash"] = 0
+
+    # when a worker advances it (retries happen inside the task, with backoff)
+    engine.advance_case(case.pk)
+
+    # then the agent ran exactly three times, each failure is recorded, and a human has the case
+    assert _calls["crash"] == 3
+    runs = StepRun.objects.filter(case=case).order_by("attempt")
+    assert [(r.attempt, r.status) for r in runs] == [(i, StepRunStatus.FAILED) for i in (1, 2, 3)]
+    assert "RuntimeError: model server unreachable" in runs[0].error
+    case.refresh_from_db()
+    assert (case.status, case.wait_reason, case.step_attempt) == (CaseStatus.WAITING, WaitReason.ESCALATION, 0)
+    escalation = Escalation.objects.get(case=case)
+    assert escalation.reason == "agent_error" and escalation.proposal is None
+    assert "after 3 attempts" in escalation.reasons[0]["message"]
+
+
+@pytest.mark.parametrize(
+    "agent_key, error",
+    [("test.malformed", "invalid proposal"), ("test.wrong_outcome", "not one of this step's outcomes")],
+)
+def test_malformed_agent_output_is_an_agent_error_not_a_crash(agent_key, error):
+    _one_step_workflow("wf-" + agent_key.split(".")[1], agent_key)
+    case = case_submit(workflow_key="wf-" + agent_key.split(".")[1], reference="M-1", payload={}, actor=admin)
+
+    engine.advance_case(case.pk)
+
+    run = StepRun.objects.filter(case=case).first()
+    assert run.status == StepRunStatus.FAILED and error in run.error
+    assert Escalation.objects.get(case=case).reason == "agent_error"
+
+
+def test_a_worker_that_died_mid_step_leaves_its_attempt_counted(settings):
+    # given a case whose worker took the lease (attempt 1 committed) and then died
+    settings.SELFOPS = {**settings.SELFOPS, "STEP_MAX_ATTEMPTS": 2}
+    _one_step_workflow("dying", "test.ok")
+    case = case_submit(workflow_key="dying", reference="D-1", payload={}, actor=admin)
+    assert engine._acquire(case.pk, "worker-that-dies")
+    Case.objects.filter(pk=case.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+
+    # when the task is delivered again
+    engine.advance_case(case.pk)
+
+    # then the lost attempt is on record and the step succeeded on attempt 2
+    runs = list(StepRun.objects.filter(case=case).order_by("attempt").values_list("attempt", "status"))
+    assert runs == [(1, StepRunStatus.LOST), (2, StepRunStatus.SUCCEEDED)]
+    case.refresh_from_db()
+    assert case.status == CaseStatus.COMPLETED
+
+
+def test_a_step_whose_workers_keep_dying_escalates_once_attempts_are_spent(settings):
+    settings.SELFOPS = {**settings.SELFOPS, "STEP_MAX_ATTEMPTS": 2}
+    _one_step_workflow("dying2", "test.ok")
+    case = case_submit(workflow_key="dying2", reference="D-2", payload={}, actor=admin)
+    for token in ("w1", "w2"):
+        assert engine._acquire(case.pk, token)
+        Case.objects.filter(pk=case.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+
+    assert engine.advance_case(case.pk) == "skipped"
+
+    assert Escalation.objects.get(case=case).reason == "agent_error"
+    assert list(StepRun.objects.filter(case=case).values_list("attempt", "status")) == [(1, "lost"), (2, "lost")]
+    case.refresh_from_db()
+    assert case.status == CaseStatus.WAITING
+
+
+def test_a_live_lease_held_by_another_worker_is_respected():
+    _one_step_workflow("leased", "test.ok")
+    case = case_submit(workflow_key="leased", reference="L-1", payload={}, actor=admin)
+    assert engine._acquire(case.pk, "other-worker")
+
+    assert engine.advance_case(case.pk) == "skipped"
+    assert not StepRun.objects.filter(case=case).exists()
+
+
+def test_the_effect_of_a_step_that_runs_twice_is_owed_once(claim_generator):
+    # given a completed case
+    case = submit(claim_generator.claim("straight_through"))
+    engine.advance_case(case.pk)
+    # when its payment step is delivered again (at-least-once): put the case back before payment and rerun
+    case.refresh_from_db()
+    steps = {s.key: s for s in case.workflow.steps.all()}
+    Case.objects.filter(pk=case.pk).update(status=CaseStatus.RUNNING, current_step=steps["payment"], finished_at=None)
+    engine.advance_case(case.pk)
+    # then there is still one payment and one letter
+    assert OutboxEntry.objects.filter(case=case, kind=OutboxKind.PAYMENT).count() == 1
+    assert OutboxEntry.objects.filter(case=case, kind=OutboxKind.MESSAGE).count() == 1
+
+
+def test_stop_switch_parks_the_case_before_the_next_step_and_release_resumes_it(
+    claim_generator, django_capture_on_commit_callbacks
+):
+    # given an engaged stop on the payment agent
+    stop_engage(scope="agent", target="claims.payment", reason="bank file incident", actor=admin)
+    case = submit(claim_generator.claim("straight_through"))
+
+    # when the case is advanced, it stops before payment and waits, parked — not failed
+    engine.advance_case(case.pk)
+    case.refresh_from_db()
+    assert (case.status, case.wait_reason, case.current_step.key) == (CaseStatus.WAITING, WaitReason.STOPPED, "payment")
+    assert not OutboxEntry.objects.filter(case=case).exists()
+
+    # when the stop is released, the parked case resumes by itself and completes
+    with django_capture_on_commit_callbacks(execute=True):
+        stop_release(scope="agent", target="claims.payment", reason="incident closed", actor=admin)
+    case.refresh_from_db()
+    assert case.status == CaseStatus.RUNNING
+    settle(case.pk)
+    case.refresh_from_db()
+    assert case.status == CaseStatus.COMPLETED
+    assert AuditEvent.objects.filter(case_id=case.pk, action=AuditAction.CASE_PARKED).count() == 1
+    assert AuditEvent.objects.filter(case_id=case.pk, action=AuditAction.CASE_RESUMED).count() == 1
+
+
+def test_agent_switched_off_parks_with_reason_agent_off(claim_generator):
+    policy_publish(agent_key="claims.intake", actor=admin, autonomy="off")
+    case = submit(claim_generator.claim("straight_through"))
+    engine.advance_case(case.pk)
+    case.refresh_from_db()
+    assert (case.status, case.wait_reason) == (CaseStatus.WAITING, WaitReason.AGENT_OFF)
+    assert not StepRun.objects.filter(case=case).exists()
+
+
+def test_a_step_never_switches_policy_version_midway(claim_generator):
+    # given a case decided under v1 of the approval policy
+    case = submit(claim_generator.claim("over_limit"))
+    engine.advance_case(case.pk)
+    run = StepRun.objects.get(case=case, step__key="approval")
+    assert run.policy_version == 1 and run.verdict["policy_version"] == 1
+    # when the limit is raised (v2), a new case uses v2
+    policy_publish(
+        agent_key="claims.approval",
+        actor=admin,
+        allowed_actions=["approve", "deny"],
+        max_amount=Decimal("50000"),
+        min_confidence=Decimal("0.7"),
+    )
+    other = submit(claim_generator.claim("over_limit"))
+    engine.advance_case(other.pk)
+    run2 = StepRun.objects.get(case=other, step__key="approval")
+    assert run2.policy_version == 2 and run2.status == StepRunStatus.SUCCEEDED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_concurrent_advances_of_one_case_apply_each_step_once(claims_workflow):
+    from operations.packs.claims.data import ClaimGenerator
+    from operations.packs.claims.install import policies_in_db
+
+    if connection.vendor != "postgresql":
+        pytest.skip("row-lock concurrency is tested on PostgreSQL")
+    claims = ClaimGenerator(policies_in_db(), seed=5).claims(10)
+    cases = [submit(c) for c in claims]
+    barrier = threading.Barrier(2)
+    errors = []
+
+    def worker():
+        try:
+            barrier.wait()
+            for case in cases:
+                engine.advance_case(case.pk)
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+        finally:
+            close_old_connections()
+            connection.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    settle(*[c.pk for c in cases])
+    for case in cases:
+        keys = list(
+            StepRun.objects.filter(case=case, status__in=["succeeded", "escalated"]).values_list("step__key", flat=True)
+        )
+        assert len(keys) == len(set(keys)), f"{case.reference}: a step was applied twice: {keys}"
+        assert OutboxEntry.objects.filter(case=case, kind=OutboxKind.PAYMENT).count() <= 1
