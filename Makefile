@@ -17,6 +17,7 @@ install: $(STAMP)
 
 run: $(STAMP)
 	$(PY) manage.py migrate --noinput -v0
+	$(PY) manage.py collectstatic --noinput -v0
 	$(PY) manage.py load_demo
 	$(PY) manage.py ensure_admin
 	$(PY) manage.py serve

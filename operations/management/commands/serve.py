@@ -23,6 +23,11 @@ class Command(BaseCommand):
         if stream_rate > 0:
             commands["demo stream"] = manage + ["simulate", "--cases", "10000000", "--rate", str(stream_rate)]
         procs = {}
+
+        def stop(signum, frame):
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, stop)  # `kill` stops everything too, not just Ctrl-C
         try:
             for name, cmd in commands.items():
                 procs[name] = subprocess.Popen(cmd, start_new_session=True)  # noqa: S603

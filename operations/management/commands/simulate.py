@@ -38,11 +38,12 @@ class Command(BaseCommand):
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
         actor = Actor.system("simulate")
-        claims = generator.claims(cases)
-        expected = {c.reference: c.expected for c in claims}
+        expected = {}
         t0 = time.monotonic()
         ids = []
-        for i, claim in enumerate(claims):
+        for i, claim in enumerate(generator.stream(cases)):
+            if wait:
+                expected[claim.reference] = claim.expected
             try:
                 ids.append(
                     case_submit(

@@ -151,9 +151,14 @@ class ClaimGenerator:
         self.counter = 0
 
     def claims(self, n: int) -> list[SyntheticClaim]:
+        return list(self.stream(n))
+
+    def stream(self, n: int):
+        """``n`` claims from the demo mix, built one at a time (a long demo stream never sits in memory)."""
         names = list(SCENARIOS)
         weights = [SCENARIOS[s][0] for s in names]
-        return [self.claim(self.rng.choices(names, weights)[0]) for _ in range(n)]
+        for _ in range(n):
+            yield self.claim(self.rng.choices(names, weights)[0])
 
     # --- building blocks ------------------------------------------------------------------------------------------
 
