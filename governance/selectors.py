@@ -38,3 +38,15 @@ def engaged_stops(*, workflow_key: str, agent_key: str) -> list[StopSwitch]:
 def clear_caches() -> None:
     """Forget cached policy snapshots (tests, whose rolled-back ids can be reused)."""
     _snapshots.clear()
+
+
+def current_policies() -> dict[str, PolicySnapshot]:
+    """Every agent's current policy in one query (snapshots cached per process by immutable version id)."""
+    current = dict(
+        AgentPolicy.objects.filter(current_version__isnull=False).values_list("agent_key", "current_version_id")
+    )
+    missing = [vid for vid in current.values() if vid not in _snapshots]
+    if missing:
+        for version in PolicyVersion.objects.select_related("policy").filter(pk__in=missing):
+            _snapshots[version.pk] = PolicySnapshot.from_version(version)
+    return {key: _snapshots[vid] for key, vid in current.items()}

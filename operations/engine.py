@@ -30,11 +30,11 @@ from django.utils import timezone
 
 from audit.actors import SYSTEM, Actor
 from audit.context import correlation
-from audit.models import AuditAction, AuditEvent
+from audit.models import AuditAction
 from audit.services import audit_event, audit_record_many
 from governance.evaluation import PolicySnapshot, Reason, Verdict, evaluate
 from governance.models import AutonomyLevel
-from governance.selectors import engaged_stops, policy_for_agent
+from governance.selectors import current_policies, engaged_stops
 from operations.agents import AgentContext, Proposal, ProposalError, get_agent
 from operations.models import (
     TERMINAL_COMPLETE,
@@ -76,21 +76,37 @@ class AgentTimeout(AgentFailure):
 
 @dataclass
 class StepTx:
-    """What one step's transaction accumulates: audit events written together, effects to deliver after."""
+    """What one transaction of steps accumulates and writes together at the end: step runs (one INSERT), then what
+    refers to them (escalations), then the audit events (one INSERT); and the effects to deliver after commit."""
 
     case: Case
-    events: list[AuditEvent] = field(default_factory=list)
+    events: list = field(default_factory=list)  # builders of AuditEvent, run at flush when every id is known
+    runs: list[StepRun] = field(default_factory=list)
+    deferred: list = field(default_factory=list)  # writes that need the runs' ids
+    effects: list[str] = field(default_factory=list)  # outbox keys owed by this transaction
+    # the engine delivers owed effects itself once the transaction commits; other writers enqueue a delivery task
+    deliver_inline: bool = False
 
     def audit(self, *, actor: Actor, action: str, subject=None, data: dict | None = None, **kwargs) -> None:
+        subject = subject or self.case
         self.events.append(
-            audit_event(
-                actor=actor, action=action, subject=subject or self.case, case_id=self.case.pk, data=data, **kwargs
-            )
+            lambda: audit_event(actor=actor, action=action, subject=subject, case_id=self.case.pk, data=data, **kwargs)
         )
 
+    def add_run(self, run: StepRun) -> StepRun:
+        self.runs.append(run)
+        return run
+
+    def after_runs(self, write) -> None:
+        self.deferred.append(write)
+
     def flush(self) -> None:
-        audit_record_many(self.events)
-        self.events = []
+        if self.runs:
+            StepRun.objects.bulk_create(self.runs)
+        for write in self.deferred:
+            write()
+        audit_record_many(build() for build in self.events)
+        self.runs, self.deferred, self.events = [], [], []
 
 
 def _lease_seconds() -> int:
@@ -101,20 +117,42 @@ def advance_case(case_id: int) -> str:
     """Advance one case as far as its automatic steps go. Safe to run twice at once and to run again."""
     token = uuid.uuid4().hex
     with correlation(f"advance-{case_id}-{token[:8]}"):
-        if not _acquire(case_id, token):
+        attempt = _acquire(case_id, token)
+        if not attempt:
             return "skipped"
-        max_steps = engine_setting("MAX_STEPS_PER_TASK")
-        steps = 0
-        while True:
-            steps += 1
-            result = _run_step(case_id, token, may_continue=steps < max_steps)
-            if result is Next.CONTINUE:
-                continue
-            if result is Next.RETRY:
-                _backoff(case_id)
-                if _acquire(case_id, token):
+        budget = engine_setting("MAX_STEPS_PER_TASK")
+        # After a failure or a lost worker, this task commits one step per transaction, so that a further crash is
+        # charged to the step that really crashed; otherwise consecutive steps share one transaction.
+        careful = attempt > 1
+        delivered: list[str] = []
+        try:
+            while True:
+                result, done = _run_steps(case_id, token, careful=careful, budget=budget, effects=delivered)
+                budget -= done
+                if result is Next.CONTINUE:
                     continue
-            return result.value
+                if result is Next.RETRY:
+                    _backoff(case_id)
+                    careful = True
+                    if _acquire(case_id, token):
+                        continue
+                return result.value
+        finally:
+            _deliver_now(delivered)
+
+
+def _deliver_now(keys: list[str]) -> None:
+    """Deliver the effects this task's committed steps owe, in this worker, rather than paying a queue hop for each.
+    An effect left undelivered (a crash right here, a failing gateway) stays pending for its task or the sweeper."""
+    if not keys:
+        return
+    from operations.services import outbox_deliver
+
+    for key in keys:
+        try:
+            outbox_deliver(idempotency_key=key)
+        except Exception:  # the queued delivery task and the sweeper retry it
+            logger.exception("delivering %s failed; it stays pending", key)
 
 
 def _backoff(case_id: int) -> None:
@@ -125,8 +163,9 @@ def _backoff(case_id: int) -> None:
         time.sleep(min(delay, 10.0))
 
 
-def _acquire(case_id: int, token: str) -> bool:
-    """Take the lease on a running case and count an attempt on its current step (committed before the agent runs)."""
+def _acquire(case_id: int, token: str) -> int:
+    """Take the lease on a running case and count an attempt on its current step, committed before the agent runs.
+    Returns the attempt number, or 0 when there is nothing for this worker to do."""
     now = timezone.now()
     with transaction.atomic():
         case = (
@@ -136,9 +175,9 @@ def _acquire(case_id: int, token: str) -> bool:
             .first()
         )
         if case is None:
-            return False  # finished, waiting, or locked by a worker that is mid-step
+            return 0  # finished, waiting, or locked by a worker that is mid-step
         if case.lease_owner and case.lease_owner != token and case.lease_expires_at and case.lease_expires_at > now:
-            return False  # another worker holds a live lease and will carry on
+            return 0  # another worker holds a live lease and will carry on
         tx = StepTx(case)
         step = case.current_step
         if case.lease_owner and case.lease_owner != token:
@@ -164,13 +203,13 @@ def _acquire(case_id: int, token: str) -> bool:
                 tx, step, step_run=None, error=f"the step did not finish after {case.step_attempt} attempts"
             )
             tx.flush()
-            return False
+            return 0
         case.step_attempt += 1
         case.lease_owner = token
         case.lease_expires_at = now + timedelta(seconds=_lease_seconds())
         case.save(update_fields=["step_attempt", "lease_owner", "lease_expires_at", "updated_at"])
         tx.flush()
-    return True
+    return case.step_attempt
 
 
 def _release_lease(case: Case, *, keep_attempt: bool = False) -> None:
@@ -191,82 +230,113 @@ def case_view(case: Case) -> dict:
     }
 
 
-def _run_step(case_id: int, token: str, *, may_continue: bool) -> Next:
+def _run_steps(case_id: int, token: str, *, careful: bool, budget: int, effects: list[str]) -> tuple[Next, int]:
+    """Run the case's consecutive automatic steps in one transaction (one step only when ``careful``). Returns what
+    to do next and how many steps were decided; appends the outbox keys owed by committed steps to ``effects``."""
     with transaction.atomic():
         case = Case.objects.select_for_update(of=("self",)).select_related("workflow", "current_step").get(pk=case_id)
         if case.lease_owner != token or case.status != CaseStatus.RUNNING:
-            return Next.STOP  # our lease expired and another worker took the case over
-        step = case.current_step
-        tx = StepTx(case)
+            return Next.STOP, 0  # our lease expired and another worker took the case over
+        tx = StepTx(case, deliver_inline=True)
+        policies = _PolicyCache()
+        done = 0
+        while True:
+            result = _decide_step(tx, policies)
+            done += result is not None
+            if result is not None and result is not Next.CONTINUE:
+                outcome = result
+                break
+            if result is None:  # parked: nothing decided
+                outcome = Next.STOP
+                break
+            if case.status != CaseStatus.RUNNING:
+                outcome = Next.STOP
+                break
+            case.step_attempt = 1  # the next step's first attempt, committed with this step
+            if careful:
+                case.lease_expires_at = timezone.now() + timedelta(seconds=_lease_seconds())
+                outcome = Next.CONTINUE
+                break
+            if done >= budget:  # the per-task step bound: hand on to a fresh task
+                _release_lease(case)
+                enqueue_advance(case.pk)
+                outcome = Next.STOP
+                break
+        if outcome is Next.STOP and case.lease_owner == token:
+            _release_lease(case)
+        case.save()
+        tx.flush()
+        keys = tx.effects
+    effects.extend(keys)  # only once the transaction has committed
+    return outcome, done
 
-        stops = engaged_stops(workflow_key=case.workflow.key, agent_key=step.agent_key)
-        if stops:
-            _park(
-                tx,
-                WaitReason.STOPPED,
-                data={"stops": [f"{s.scope}:{s.target or '*'}" for s in stops], "step": step.key},
+
+class _PolicyCache:
+    """Every agent's current policy, read once per transaction: a step never switches version midway, and a
+    published change applies from the next transaction on."""
+
+    def __init__(self):
+        self._policies: dict[str, PolicySnapshot] | None = None
+
+    def get(self, agent_key: str) -> PolicySnapshot | None:
+        if self._policies is None:
+            self._policies = current_policies()
+        return self._policies.get(agent_key)
+
+
+def _decide_step(tx: StepTx, policies: _PolicyCache) -> Next | None:
+    """Decide the case's current step: park it (None), or run the agent, ask governance and apply or escalate
+    (CONTINUE), or record an agent failure (RETRY, or STOP once its attempts are spent)."""
+    case = tx.case
+    step = case.current_step
+    stops = engaged_stops(workflow_key=case.workflow.key, agent_key=step.agent_key)
+    if stops:
+        _park(tx, WaitReason.STOPPED, data={"stops": [f"{s.scope}:{s.target or '*'}" for s in stops], "step": step.key})
+        return None
+    policy = policies.get(step.agent_key)
+    if policy is not None and policy.autonomy == AutonomyLevel.OFF:
+        _park(tx, WaitReason.AGENT_OFF, data={"step": step.key, "policy_version": policy.version})
+        return None
+
+    registered = get_agent(step.agent_key)
+    started_at = timezone.now()
+    t0 = time.perf_counter()
+    try:
+        if registered is None:
+            raise AgentFailure(f"no agent is registered under the key '{step.agent_key}'")
+        proposal = _call_agent(registered, _agent_context(case, step, policy))
+        if proposal.outcome not in step.transitions:
+            raise AgentFailure(
+                f"outcome '{proposal.outcome}' is not one of this step's outcomes: {', '.join(step.transitions)}"
             )
-            return _finish(tx, Next.STOP)
-        policy = policy_for_agent(step.agent_key)
-        if policy is not None and policy.autonomy == AutonomyLevel.OFF:
-            _park(tx, WaitReason.AGENT_OFF, data={"step": step.key, "policy_version": policy.version})
-            return _finish(tx, Next.STOP)
-
-        registered = get_agent(step.agent_key)
-        started_at = timezone.now()
-        t0 = time.perf_counter()
-        try:
-            if registered is None:
-                raise AgentFailure(f"no agent is registered under the key '{step.agent_key}'")
-            proposal = _call_agent(registered, _agent_context(case, step, policy))
-            if proposal.outcome not in step.transitions:
-                raise AgentFailure(
-                    f"outcome '{proposal.outcome}' is not one of this step's outcomes: {', '.join(step.transitions)}"
-                )
-        except AgentFailure as exc:
-            run = _step_run(case, step, StepRunStatus.FAILED, started_at, t0, registered, error=str(exc))
-            tx.audit(
-                actor=_agent_actor(registered, step),
-                action=AuditAction.STEP_FAILED,
-                subject=run,
-                data={"step": step.key, "attempt": run.attempt, "error": str(exc)},
-            )
-            if case.step_attempt >= engine_setting("STEP_MAX_ATTEMPTS"):
-                _escalate_agent_error(tx, step, step_run=run, error=str(exc))
-                return _finish(tx, Next.STOP)
-            _release_lease(case, keep_attempt=True)
-            case.save(update_fields=["lease_owner", "lease_expires_at", "updated_at"])
-            return _finish(tx, Next.RETRY)
-
-        verdict = evaluate(policy, proposal, case_view(case))
-        status = StepRunStatus.SUCCEEDED if verdict.allowed else StepRunStatus.ESCALATED
-        run = _step_run(case, step, status, started_at, t0, registered, proposal=proposal, verdict=verdict)
+    except AgentFailure as exc:
+        run = _step_run(tx, step, StepRunStatus.FAILED, started_at, t0, registered, error=str(exc))
         tx.audit(
             actor=_agent_actor(registered, step),
-            action=AuditAction.STEP_DECIDED,
+            action=AuditAction.STEP_FAILED,
             subject=run,
-            data={
-                "step": step.key,
-                "attempt": run.attempt,
-                "proposal": proposal.as_dict(),
-                "verdict": verdict.as_dict(),
-            },
+            data={"step": step.key, "attempt": run.attempt, "error": str(exc)},
         )
-        if verdict.allowed:
-            apply_decision(tx, step, proposal, actor=_agent_actor(registered, step))
-        else:
-            open_escalation(tx, step, run, proposal, verdict)
+        if case.step_attempt >= engine_setting("STEP_MAX_ATTEMPTS"):
+            _escalate_agent_error(tx, step, step_run=run, error=str(exc))
+            return Next.STOP
+        _release_lease(case, keep_attempt=True)
+        return Next.RETRY
 
-        if case.status == CaseStatus.RUNNING and may_continue:
-            case.step_attempt = 1  # counted before the next agent runs, in this same commit
-            case.lease_expires_at = timezone.now() + timedelta(seconds=_lease_seconds())
-            case.save()
-            return _finish(tx, Next.CONTINUE)
-        _release_lease(case)
-        case.save()
-        if case.status == CaseStatus.RUNNING:
-            enqueue_advance(case.pk)  # the per-task step bound was reached: hand on to a fresh task
-        return _finish(tx, Next.STOP)
+    verdict = evaluate(policy, proposal, case_view(case))
+    status = StepRunStatus.SUCCEEDED if verdict.allowed else StepRunStatus.ESCALATED
+    run = _step_run(tx, step, status, started_at, t0, registered, proposal=proposal, verdict=verdict)
+    tx.audit(
+        actor=_agent_actor(registered, step),
+        action=AuditAction.STEP_DECIDED,
+        subject=run,
+        data={"step": step.key, "attempt": run.attempt, "proposal": proposal.as_dict(), "verdict": verdict.as_dict()},
+    )
+    if verdict.allowed:
+        apply_decision(tx, step, proposal, actor=_agent_actor(registered, step))
+    else:
+        open_escalation(tx, step, run, proposal, verdict)
+    return Next.CONTINUE
 
 
 def _finish(tx: StepTx, result: Next) -> Next:
@@ -322,8 +392,10 @@ class _Alarm:
 def _call_agent(registered, ctx: AgentContext) -> Proposal:
     timeout = engine_setting("AGENT_TIMEOUT")
     try:
-        # A savepoint, so that an agent whose own query fails cannot poison the step's transaction.
-        with _Alarm(timeout) as alarm, transaction.atomic():
+        # No savepoint around the agent (two round trips per step): agents only read, through ctx lookups. An agent
+        # whose own query fails on PostgreSQL aborts the transaction; the task then fails, its lease expires and
+        # the attempt is counted like a lost worker, so the step still ends in an agent_error escalation.
+        with _Alarm(timeout) as alarm:
             result = registered.fn(ctx)
     except AgentFailure:
         raise
@@ -343,21 +415,24 @@ def _call_agent(registered, ctx: AgentContext) -> Proposal:
     return result
 
 
-def _step_run(case, step, status, started_at, t0, registered, *, proposal=None, verdict=None, error="") -> StepRun:
-    return StepRun.objects.create(
-        case=case,
-        step=step,
-        attempt=case.step_attempt,
-        status=status,
-        agent_key=step.agent_key,
-        agent_version=registered.version if registered else "",
-        proposal=proposal.as_dict() if proposal else None,
-        verdict=verdict.as_dict() if verdict else None,
-        policy_version=verdict.policy_version if verdict else None,
-        started_at=started_at,
-        finished_at=timezone.now(),
-        duration_ms=(time.perf_counter() - t0) * 1000,
-        error=error[:2000],
+def _step_run(tx, step, status, started_at, t0, registered, *, proposal=None, verdict=None, error="") -> StepRun:
+    case = tx.case
+    return tx.add_run(
+        StepRun(
+            case=case,
+            step=step,
+            attempt=case.step_attempt,
+            status=status,
+            agent_key=step.agent_key,
+            agent_version=registered.version if registered else "",
+            proposal=proposal.as_dict() if proposal else None,
+            verdict=verdict.as_dict() if verdict else None,
+            policy_version=verdict.policy_version if verdict else None,
+            started_at=started_at,
+            finished_at=timezone.now(),
+            duration_ms=(time.perf_counter() - t0) * 1000,
+            error=error[:2000],
+        )
     )
 
 
@@ -430,7 +505,10 @@ def _owe_effect(tx: StepTx, step: Step, proposal: Proposal) -> None:
                 "idempotency_key": key,
             },
         )
-        enqueue_delivery(key)
+        if tx.deliver_inline:
+            tx.effects.append(key)
+        else:
+            enqueue_delivery(key)
 
 
 def _queue_for(step: Step, proposal: Proposal | None) -> str:
@@ -450,9 +528,8 @@ def open_escalation(tx: StepTx, step: Step, run: StepRun | None, proposal: Propo
     case = tx.case
     amount = proposal.amount if proposal is not None else None
     sla = step.sla_seconds or engine_setting("DEFAULT_SLA_SECONDS")
-    escalation = Escalation.objects.create(
+    escalation = Escalation(
         case=case,
-        step_run=run,
         step=step,
         reason=verdict.primary_reason,
         reasons=[r.as_dict() for r in verdict.reasons],
@@ -462,6 +539,12 @@ def open_escalation(tx: StepTx, step: Step, run: StepRun | None, proposal: Propo
         priority=_priority(amount, verdict),
         sla_deadline=timezone.now() + timedelta(seconds=sla),
     )
+
+    def write():
+        escalation.step_run = run  # saved by now: the runs are inserted first
+        escalation.save(force_insert=True)
+
+    tx.after_runs(write)
     case.transition(CaseStatus.WAITING)
     case.wait_reason = WaitReason.ESCALATION
     tx.audit(

@@ -27,7 +27,12 @@ def database_url() -> str:
 
 def cluster_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
-    env.update(DJANGO_SETTINGS_MODULE="selfops.settings", DATABASE_URL=database_url(), Q_LOG_LEVEL="WARNING")
+    env.update(
+        DJANGO_SETTINGS_MODULE="selfops.settings",
+        DATABASE_URL=database_url(),
+        Q_LOG_LEVEL="WARNING",
+        SELFOPS_STEP_RETRY_BACKOFF=os.environ.get("SELFOPS_STEP_RETRY_BACKOFF", "0.5"),
+    )
     env.update(extra)
     return env
 

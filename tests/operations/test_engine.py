@@ -52,6 +52,8 @@ def test_straight_through_claim_completes_in_one_task_with_payment_and_letter(cl
     assert payment.amount == Decimal(case.context["decisions"]["approval"]["amount"])
     letter = OutboxEntry.objects.get(case=case, kind=OutboxKind.MESSAGE)
     assert letter.payload["letter"] == "approval"
+    # both delivered by the same worker task once its transaction committed, without another queue hop
+    assert (payment.status, letter.status) == ("delivered", "delivered")
     # and the audit trail holds the submission, seven decisions and the completion
     actions = list(AuditEvent.objects.filter(case_id=case.pk).values_list("action", flat=True))
     assert actions.count(AuditAction.STEP_DECIDED) == 7
@@ -306,3 +308,82 @@ def test_two_concurrent_advances_of_one_case_apply_each_step_once(claims_workflo
         )
         assert len(keys) == len(set(keys)), f"{case.reference}: a step was applied twice: {keys}"
         assert OutboxEntry.objects.filter(case=case, kind=OutboxKind.PAYMENT).count() <= 1
+
+
+class WorkerDied(BaseException):
+    """Stands in for SIGKILL: nothing in the engine catches it, the open transaction rolls back."""
+
+
+_deaths = {"left": 0}
+
+
+@agent("test.dies_sometimes")
+def dies_sometimes(ctx):
+    if _deaths["left"] > 0:
+        _deaths["left"] -= 1
+        raise WorkerDied()
+    return Proposal(outcome="ok", action="go")
+
+
+def _three_step_workflow(key: str) -> None:
+    workflow_install(
+        definition={
+            "key": key,
+            "name": key,
+            "payload_schema": {"type": "object"},
+            "steps": [
+                {"key": "a", "name": "A", "agent_key": "test.ok", "transitions": {"ok": "b"}},
+                {"key": "b", "name": "B", "agent_key": "test.ok", "transitions": {"ok": "c"}},
+                {"key": "c", "name": "C", "agent_key": "test.dies_sometimes", "transitions": {"ok": "@complete"}},
+            ],
+        },
+        actor=admin,
+    )
+    policy_publish(agent_key="test.ok", actor=admin)
+    policy_publish(agent_key="test.dies_sometimes", actor=admin)
+
+
+def _die_then_expire(case):
+    with pytest.raises(WorkerDied):
+        engine.advance_case(case.pk)
+    Case.objects.filter(pk=case.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+
+
+def test_a_crash_inside_a_batch_of_steps_rolls_the_batch_back_and_is_then_pinned_on_the_right_step(settings):
+    # given three steps run in one transaction, the last of which kills its worker once
+    settings.SELFOPS = {**settings.SELFOPS, "STEP_MAX_ATTEMPTS": 3}
+    _three_step_workflow("batchy")
+    case = case_submit(workflow_key="batchy", reference="B-1", payload={}, actor=admin)
+    _deaths["left"] = 1
+
+    # when the worker dies in step c, the whole batch rolls back to step a with its attempt counted
+    _die_then_expire(case)
+    case.refresh_from_db()
+    assert (case.current_step.key, case.step_attempt) == ("a", 1)
+    assert not StepRun.objects.filter(case=case).exists()
+    assert not AuditEvent.objects.filter(case_id=case.pk, action=AuditAction.STEP_DECIDED).exists()
+
+    # then the next delivery records the lost attempt and completes the case step by step
+    engine.advance_case(case.pk)
+    runs = list(StepRun.objects.filter(case=case).order_by("id").values_list("step__key", "attempt", "status"))
+    assert runs == [("a", 1, "lost"), ("a", 2, "succeeded"), ("b", 1, "succeeded"), ("c", 1, "succeeded")]
+    case.refresh_from_db()
+    assert case.status == CaseStatus.COMPLETED
+
+
+def test_a_step_that_keeps_killing_its_worker_escalates_at_that_step_after_its_attempts(settings):
+    settings.SELFOPS = {**settings.SELFOPS, "STEP_MAX_ATTEMPTS": 2}
+    _three_step_workflow("deadly")
+    case = case_submit(workflow_key="deadly", reference="X-1", payload={}, actor=admin)
+    _deaths["left"] = 10
+
+    _die_then_expire(case)  # in the batch: charged to step a
+    _die_then_expire(case)  # careful mode: a and b commit, c dies on its attempt 1
+    _die_then_expire(case)  # c dies on its attempt 2
+    assert engine.advance_case(case.pk) == "skipped"  # c's attempts are spent
+
+    escalation = Escalation.objects.get(case=case)
+    assert (escalation.step.key, escalation.reason) == ("c", "agent_error")
+    lost = list(StepRun.objects.filter(case=case, status="lost").values_list("step__key", "attempt"))
+    assert lost == [("a", 1), ("c", 1), ("c", 2)]
+    _deaths["left"] = 0
