@@ -142,17 +142,17 @@ def advance_case(case_id: int) -> str:
 
 
 def _deliver_now(keys: list[str]) -> None:
-    """Deliver the effects this task's committed steps owe, in this worker, rather than paying a queue hop for each.
-    An effect left undelivered (a crash right here, a failing gateway) stays pending for its task or the sweeper."""
+    """Deliver the effects this task's committed steps owe, in this worker and in one transaction, rather than
+    paying a queue hop for each. An effect left undelivered (a crash right here, a failing gateway) stays pending
+    for the sweeper."""
     if not keys:
         return
-    from operations.services import outbox_deliver
+    from operations.services import outbox_deliver_many
 
-    for key in keys:
-        try:
-            outbox_deliver(idempotency_key=key)
-        except Exception:  # the queued delivery task and the sweeper retry it
-            logger.exception("delivering %s failed; it stays pending", key)
+    try:
+        outbox_deliver_many(keys=keys)
+    except Exception:  # the sweeper retries what is still pending
+        logger.exception("delivering %s failed; they stay pending", ", ".join(keys))
 
 
 def _backoff(case_id: int) -> None:

@@ -266,44 +266,58 @@ def cases_sweep(*, now=None, limit: int = 1000) -> int:
 
 
 def outbox_deliver(*, idempotency_key: str) -> OutboxEntry | None:
-    """Deliver an owed effect once. Payments are settled into the ledger (the outbox row is the ledger entry; a
-    gateway call goes here, keyed by the same idempotency key); messages go out through Django's email backend.
-    Email itself is at-least-once: a crash between sending and committing sends the letter again."""
-    from django.core.mail import send_mail
+    """Deliver one owed effect once (see ``outbox_deliver_many``); None if it is not pending."""
+    delivered = outbox_deliver_many(keys=[idempotency_key])
+    return delivered[0] if delivered else None
 
+
+def outbox_deliver_many(*, keys: list[str]) -> list[OutboxEntry]:
+    """Deliver owed effects once each, in one transaction: payments are settled into the ledger (the outbox row is
+    the ledger entry; a gateway call goes here, keyed by the same idempotency key); messages go out through
+    Django's email backend. Email itself is at-least-once: a crash between sending and committing sends the letter
+    again. Entries another worker is delivering are skipped."""
     with transaction.atomic():
-        entry = (
+        entries = list(
             OutboxEntry.objects.select_for_update(skip_locked=True, of=("self",))
             .select_related("case")
-            .filter(idempotency_key=idempotency_key, status=OutboxStatus.PENDING)
-            .first()
+            .filter(idempotency_key__in=keys, status=OutboxStatus.PENDING)
+            .order_by("pk")
         )
-        if entry is None:
-            return None
-        entry.attempts += 1
-        try:
-            if entry.kind == OutboxKind.MESSAGE:
-                letter = entry.payload
-                send_mail(letter.get("subject", "Your claim"), letter.get("body", ""), None, [letter["to"]])
-        except Exception as exc:
-            entry.last_error = f"{type(exc).__name__}: {exc}"[:2000]
-            if entry.attempts >= 5:
-                entry.status = OutboxStatus.FAILED
-            entry.save()
-            return entry
-        entry.status = OutboxStatus.DELIVERED
-        entry.delivered_at = timezone.now()
-        entry.save()
-        audit_record(
-            actor=SYSTEM,
-            action=AuditAction.EFFECT_DELIVERED,
-            subject_type="operations.outboxentry",
-            subject_id=entry.idempotency_key,
-            subject_label=f"{entry.kind} for {entry.case.reference}",
-            case_id=entry.case_id,
-            data={"kind": entry.kind, "amount": str(entry.amount) if entry.amount is not None else None},
-        )
-    return entry
+        now = timezone.now()
+        events = []
+        for entry in entries:
+            entry.attempts += 1
+            try:
+                _deliver_entry(entry)
+            except Exception as exc:
+                entry.last_error = f"{type(exc).__name__}: {exc}"[:2000]
+                if entry.attempts >= 5:
+                    entry.status = OutboxStatus.FAILED
+                continue
+            entry.status, entry.delivered_at = OutboxStatus.DELIVERED, now
+            events.append(
+                audit_event(
+                    actor=SYSTEM,
+                    action=AuditAction.EFFECT_DELIVERED,
+                    subject_type="operations.outboxentry",
+                    subject_id=entry.idempotency_key,
+                    subject_label=f"{entry.kind} for {entry.case.reference}",
+                    case_id=entry.case_id,
+                    data={"kind": entry.kind, "amount": str(entry.amount) if entry.amount is not None else None},
+                )
+            )
+        OutboxEntry.objects.bulk_update(entries, ["attempts", "last_error", "status", "delivered_at"])
+        audit_record_many(events)
+    return entries
+
+
+def _deliver_entry(entry: OutboxEntry) -> None:
+    """Carry out one effect; raise on failure."""
+    from django.core.mail import send_mail
+
+    if entry.kind == OutboxKind.MESSAGE:
+        letter = entry.payload
+        send_mail(letter.get("subject", "Your claim"), letter.get("body", ""), None, [letter["to"]])
 
 
 def workflow_install(*, definition: dict, actor: Actor) -> Workflow:
