@@ -387,3 +387,48 @@ def test_a_step_that_keeps_killing_its_worker_escalates_at_that_step_after_its_a
     lost = list(StepRun.objects.filter(case=case, status="lost").values_list("step__key", "attempt"))
     assert lost == [("a", 1), ("c", 1), ("c", 2)]
     _deaths["left"] = 0
+
+
+@agent("test.slow")
+def slow_agent(ctx):
+    import time as _time
+
+    _time.sleep(5)
+    return Proposal(outcome="ok")
+
+
+def test_an_agent_that_takes_too_long_is_interrupted_and_counted_as_an_agent_error(settings):
+    settings.SELFOPS = {**settings.SELFOPS, "AGENT_TIMEOUT": 0.2, "STEP_MAX_ATTEMPTS": 1}
+    _one_step_workflow("sleepy", "test.slow")
+    case = case_submit(workflow_key="sleepy", reference="S-1", payload={}, actor=admin)
+
+    engine.advance_case(case.pk)
+
+    run = StepRun.objects.get(case=case)
+    assert run.status == StepRunStatus.FAILED and "did not answer within 0.2 s" in run.error
+    assert run.duration_ms < 2000
+    assert Escalation.objects.get(case=case).reason == "agent_error"
+
+
+def test_a_case_in_flight_keeps_its_workflow_version_when_a_new_one_is_installed():
+    # given a case submitted on v1 and waiting
+    _one_step_workflow("versioned", "test.ok")
+    old = case_submit(workflow_key="versioned", reference="V-1", payload={}, actor=admin)
+    # when v2 is installed (a different definition)
+    workflow_install(
+        definition={
+            "key": "versioned",
+            "name": "versioned v2",
+            "payload_schema": {"type": "object"},
+            "steps": [{"key": "only", "name": "Only", "agent_key": "test.ok", "transitions": {"ok": "@reject"}}],
+        },
+        actor=admin,
+    )
+    new = case_submit(workflow_key="versioned", reference="V-2", payload={}, actor=admin)
+    engine.advance_case(old.pk)
+    engine.advance_case(new.pk)
+    # then the old case finished under v1's transitions, the new one under v2's
+    old.refresh_from_db()
+    new.refresh_from_db()
+    assert (old.workflow.version, old.status) == (1, CaseStatus.COMPLETED)
+    assert (new.workflow.version, new.status) == (2, CaseStatus.REJECTED)

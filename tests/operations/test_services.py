@@ -224,3 +224,30 @@ def test_outbox_delivery_sends_the_letter_once(claim_generator, mailoutbox):
     assert "approved" in mailoutbox[0].subject
     letter.refresh_from_db()
     assert letter.status == "delivered" and letter.attempts == 1
+
+
+def test_the_sweeper_re_enqueues_only_cases_nobody_is_advancing(claim_generator, settings):
+    from datetime import timedelta
+
+    from django.utils import timezone
+    from django_q.models import OrmQ
+
+    from operations.services import cases_sweep
+
+    # given a case whose worker died (lease expired), one lost between commit and enqueue, and a healthy one
+    dead, lost, healthy = (submit(claim_generator.claim("straight_through")) for _ in range(3))
+    now = timezone.now()
+    Case.objects.filter(pk=dead.pk).update(lease_owner="w", lease_expires_at=now - timedelta(seconds=5))
+    Case.objects.filter(pk=lost.pk).update(
+        updated_at=now - timedelta(seconds=settings.SELFOPS["SWEEP_STALE_AFTER"] + 5)
+    )
+    Case.objects.filter(pk=healthy.pk).update(lease_owner="w2", lease_expires_at=now + timedelta(seconds=30))
+    OrmQ.objects.all().delete()
+
+    # when the sweeper runs
+    assert cases_sweep(now=now) == 2
+
+    # then exactly the two stranded cases are back on the queue, and the sweep is audited
+    assert OrmQ.objects.count() == 2
+    requeued = set(AuditEvent.objects.filter(action=AuditAction.CASE_REQUEUED).values_list("case_id", flat=True))
+    assert requeued == {dead.pk, lost.pk}
