@@ -88,7 +88,8 @@ class StepTx:
     deliver_inline: bool = False
 
     def audit(self, *, actor: Actor, action: str, subject=None, data: dict | None = None, **kwargs) -> None:
-        subject = subject or self.case
+        if subject is None and "subject_type" not in kwargs:
+            subject = self.case
         self.events.append(
             lambda: audit_event(actor=actor, action=action, subject=subject, case_id=self.case.pk, data=data, **kwargs)
         )

@@ -432,3 +432,14 @@ def test_a_case_in_flight_keeps_its_workflow_version_when_a_new_one_is_installed
     new.refresh_from_db()
     assert (old.workflow.version, old.status) == (1, CaseStatus.COMPLETED)
     assert (new.workflow.version, new.status) == (2, CaseStatus.REJECTED)
+
+
+def test_effect_events_name_the_outbox_entry_not_the_case(claim_generator):
+    case = submit(claim_generator.claim("straight_through"))
+    engine.advance_case(case.pk)
+    queued = AuditEvent.objects.filter(case_id=case.pk, action=AuditAction.EFFECT_QUEUED)
+    assert sorted(queued.values_list("subject_id", flat=True)) == [
+        f"case-{case.pk}-communication-message",
+        f"case-{case.pk}-payment-payment",
+    ]
+    assert set(queued.values_list("subject_type", flat=True)) == {"operations.outboxentry"}
