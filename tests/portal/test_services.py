@@ -236,10 +236,7 @@ def test_a_retry_stays_pending_until_the_step_succeeds(claim_generator, people, 
 
     assert Escalation.objects.get(pk=escalation.pk).retry_pending is False
     assert AuditEvent.objects.filter(action=AuditAction.ESCALATION_RETRY_SUCCEEDED, case_id=escalation.case_id).exists()
-    assert (
-        "retry_pending" not in Case.objects.get(pk=escalation.case_id).context
-        or not (Case.objects.get(pk=escalation.case_id).context["retry_pending"])
-    )
+    assert not Case.objects.get(pk=escalation.case_id).context.get("retry_pending")
 
 
 def test_the_engine_clears_a_retry_when_the_agents_next_run_is_allowed(claim_generator, people):
@@ -292,8 +289,7 @@ def test_sla_check_records_breaches_raises_priority_mails_the_queue_then_reassig
     Escalation.objects.filter(pk=e.pk).update(priority=2)
     deadline = Escalation.objects.get(pk=e.pk).sla_deadline
 
-    with pytest.raises(AssertionError):
-        assert escalations_sla_check(now=deadline - timedelta(seconds=1))["breached"]
+    assert escalations_sla_check(now=deadline - timedelta(seconds=1)) == {"breached": 0, "reassigned": 0}
     with mail_outbox_after_commit() as sent:
         first = escalations_sla_check(now=deadline + timedelta(minutes=1))
     again = escalations_sla_check(now=deadline + timedelta(minutes=2))
