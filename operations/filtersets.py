@@ -13,7 +13,7 @@ from operations.models import Case, CaseStatus, Escalation, EscalationStatus
 from operations.selectors import SLA_AMBER_SECONDS, SLA_RED_SECONDS
 
 SLA_STATES = [("ok", "On time"), ("amber", "Due within 4 h"), ("red", "Due within 1 h"), ("breached", "Breached")]
-PRIORITIES = [(1, "High"), (2, "Normal"), (3, "Low")]
+PRIORITIES = [("1", "High"), ("2", "Normal"), ("3", "Low")]
 ESCALATION_VIEWS = [
     ("open", "Open"),
     ("retry_pending", "Returned to the agent"),
@@ -30,7 +30,7 @@ class EscalationFilterSet(django_filters.FilterSet):
     view = django_filters.ChoiceFilter(choices=ESCALATION_VIEWS, method="filter_view", empty_label="Open")
     queue = django_filters.CharFilter(field_name="queue")
     reason = django_filters.CharFilter(field_name="reason")
-    priority = django_filters.TypedChoiceFilter(choices=PRIORITIES, coerce=int, empty_label="Any priority")
+    priority = django_filters.ChoiceFilter(choices=PRIORITIES, empty_label="Any priority")
     workflow = django_filters.CharFilter(field_name="step__workflow__key")
     amount_min = django_filters.NumberFilter(field_name="amount", lookup_expr="gte")
     amount_max = django_filters.NumberFilter(field_name="amount", lookup_expr="lte")

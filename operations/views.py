@@ -58,9 +58,10 @@ def acting_required(view):
     return login_required(wrapper)
 
 
-def _page(request, qs, size: int = PAGE_SIZE):
+def _page(request, qs, size: int | None = None):
     """Offset pages without a full count (a count over 100k rows costs more than the page): fetch one row more to
     know whether a next page exists."""
+    size = size or PAGE_SIZE
     try:
         number = max(1, int(request.GET.get("page", 1)))
     except ValueError:
