@@ -261,7 +261,7 @@ def agents(since) -> list[dict]:
         out.append(
             {
                 "agent": key,
-                "level": version.get_autonomy_display() if version else "—",
+                "level": version.autonomy if version else "—",
                 "policy_version": version.number if version else None,
                 "max_amount": version.max_amount if version else None,
                 "daily_budget": version.daily_amount_budget if version else None,
