@@ -166,6 +166,7 @@ def escalation_resolve(
             proposal, approvers = _four_eyes(escalation, resolution, proposal, actor=actor, user=user)
             if approvers is None:  # first of two approvals: recorded, the escalation stays open
                 escalation.pending_approval = {
+                    "by_kind": actor.kind,
                     "by_id": actor.id,
                     "by": actor.label,
                     "at": timezone.now().isoformat(),
@@ -447,7 +448,7 @@ def _four_eyes(escalation: Escalation, resolution: str, proposal: Proposal, *, a
 
     pending = escalation.pending_approval or {}
     if pending:
-        if pending["by_id"] == actor.id:
+        if (pending.get("by_kind", "user"), pending["by_id"]) == (actor.kind, actor.id):
             raise NotAllowed(
                 "you gave the first approval: a second, different person must approve", fields={"actor": "same person"}
             )
@@ -464,7 +465,7 @@ def _four_eyes(escalation: Escalation, resolution: str, proposal: Proposal, *, a
             return proposal, [actor.label]
         return proposal, None
     first = None
-    if pending.get("by_id") and str(pending["by_id"]).isdigit():
+    if pending.get("by_kind", "user") == "user":
         from django.contrib.auth import get_user_model
 
         first = get_user_model().objects.filter(pk=int(pending["by_id"])).first()

@@ -189,7 +189,8 @@ def _detail_context(request, escalation, form=None):
         "documents": (escalation.case.payload or {}).get("documents") or [],
         "outcomes": list(escalation.step.transitions),
         "pending": pending,
-        "pending_is_mine": bool(pending) and pending.get("by_id") == str(request.user.pk),
+        "pending_is_mine": bool(pending)
+        and (pending.get("by_kind", "user"), pending.get("by_id")) == ("user", str(request.user.pk)),
         "can_act": roles.can_act(request.user),
         "claimed_by_me": escalation.claimed_by_id == request.user.pk,
         "four_eyes_amount": roles.four_eyes_amount(),
