@@ -54,3 +54,11 @@ def browser_type_launch_args(browser_type_launch_args):
 def artifacts():
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dashboard_cache():
+    """The dashboard caches organisation figures for a few seconds; each test starts without them."""
+    from django.core.cache import cache
+
+    cache.delete("portal:dashboard")

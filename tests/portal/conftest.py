@@ -15,3 +15,11 @@ def people(db):
         "senior2": make_user("senior2", "Senior supervisor", HANDLERS, SIU),
         "auditor": make_user("auditor", "Auditor"),
     }
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dashboard_cache():
+    """The dashboard caches organisation figures for a few seconds; each test starts without them."""
+    from django.core.cache import cache
+
+    cache.delete("portal:dashboard")
