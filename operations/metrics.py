@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import math
 from datetime import timedelta
+from decimal import Decimal
 
 from django.db import connection
-from django.db.models import Avg, Count, F, Q
-from django.db.models.functions import TruncDate
+from django.db.models import Avg, Count, DecimalField, F, Q, Sum
+from django.db.models.fields.json import KT
+from django.db.models.functions import Cast, TruncDate
 from django.utils import timezone
 
 from operations.models import (
@@ -249,6 +251,7 @@ def agents(since) -> list[dict]:
         .annotate(a=Count("id", filter=Q(resolution=Resolution.APPROVE)), d=Count("id"))
         .order_by()
     }
+    used_today = budget_used_today(timezone.now())
     from governance.models import AgentPolicy
 
     policies = {p.agent_key: p.current_version for p in AgentPolicy.objects.select_related("current_version")}
@@ -264,12 +267,31 @@ def agents(since) -> list[dict]:
                 "policy_version": version.number if version else None,
                 "max_amount": version.max_amount if version else None,
                 "daily_budget": version.daily_amount_budget if version else None,
+                "used_today": used_today.get(key),
+                "budget_use": (used_today.get(key) or 0) / version.daily_amount_budget
+                if version and version.daily_amount_budget
+                else None,
                 **row,
                 "agreement": (a / d) if d else None,
                 "decided": d,
             }
         )
     return out
+
+
+def budget_used_today(now) -> dict[str, Decimal]:
+    """The amounts each agent decided on its own today (UTC): what its daily amount budget is consumed by."""
+    today = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    amount = Cast(KT("proposal__amount"), DecimalField(max_digits=16, decimal_places=2))
+    return {
+        key: total
+        for key, total in StepRun.objects.filter(started_at__gte=today, status=StepRunStatus.SUCCEEDED)
+        .exclude(proposal__amount=None)
+        .values_list("agent_key")
+        .annotate(total=Sum(amount))
+        .order_by()
+        if total
+    }
 
 
 def workflow_map() -> list[dict]:

@@ -220,6 +220,9 @@ def test_dashboard_renders_figures_and_a_partial_for_htmx(client, people, claim_
     assert ctx["by_reason"]["rows"][0]["n"] == 1
     assert ctx["cycle"]["n"] == 1 and ctx["cycle"]["p50"] is not None
     assert [q["queue"] for q in ctx["queues"]] == ["Claims handlers"]
+    used = {a["agent"]: a["used_today"] for a in ctx["agents"]}
+    done.refresh_from_db()
+    assert used["claims.approval"] == Decimal(done.context["decisions"]["approval"]["amount"])
     step_counts = {c["step"].key: c for wf in ctx["workflows"] for c in wf["steps"]}
     assert step_counts["approval"]["escalated"] == 1
     assert partial.templates[0].name == "operations/_dashboard.html" and b"<html" not in partial.content
