@@ -82,9 +82,9 @@ class EscalationFilterSet(django_filters.FilterSet):
 
 
 class CaseFilterSet(django_filters.FilterSet):
-    """Case search: reference (prefix, case-insensitive), status, workflow key, submission date range."""
+    """Case search: reference prefix (as typed or upper case), status, workflow key, submission date range."""
 
-    reference = django_filters.CharFilter(field_name="reference", lookup_expr="istartswith")
+    reference = django_filters.CharFilter(method="filter_reference")
     status = django_filters.ChoiceFilter(choices=CaseStatus.choices, empty_label="Any status")
     workflow = django_filters.CharFilter(field_name="workflow__key")
     submitted = django_filters.DateFromToRangeFilter(field_name="created_at")
@@ -92,3 +92,8 @@ class CaseFilterSet(django_filters.FilterSet):
     class Meta:
         model = Case
         fields = ["reference", "status", "workflow", "submitted"]
+
+    def filter_reference(self, queryset, name, value):
+        # a case-sensitive prefix uses the reference index; references are usually upper case, so try both spellings
+        value = value.strip()
+        return queryset.filter(Q(reference__startswith=value) | Q(reference__startswith=value.upper()))

@@ -154,6 +154,8 @@ class Case(models.Model):
         indexes = [
             models.Index(fields=["status", "updated_at"], name="case_status_updated_idx"),
             models.Index(fields=["finished_at"], name="case_finished_idx"),  # portal dashboard: cases out
+            # portal case search by reference prefix (the pattern opclass lets PostgreSQL use it for LIKE 'x%')
+            models.Index(fields=["reference"], name="case_reference_prefix_idx", opclasses=["varchar_pattern_ops"]),
         ]
 
     def __str__(self) -> str:
