@@ -32,6 +32,11 @@ class AuditAction(models.TextChoices):
     STOP_ENGAGED = "stop.engaged", "Stop switch engaged"
     STOP_RELEASED = "stop.released", "Stop switch released"
     REFERENCE_LOADED = "reference.loaded", "Reference data loaded"
+    # portal
+    ESCALATION_REASSIGNED = "escalation.reassigned", "Escalation reassigned"
+    ESCALATION_APPROVAL_PENDING = "escalation.approval_pending", "First approval recorded (four-eyes)"
+    ESCALATION_SLA_BREACHED = "escalation.sla_breached", "Escalation SLA breached"
+    ESCALATION_RETRY_SUCCEEDED = "escalation.retry_succeeded", "Returned step succeeded"
 
 
 class AuditEvent(models.Model):

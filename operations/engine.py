@@ -460,6 +460,8 @@ def apply_decision(tx: StepTx, step: Step, proposal: Proposal, *, actor: Actor, 
     }
     if step.effect != StepEffect.NONE and proposal.action not in ("", "none"):
         _owe_effect(tx, step, proposal)
+    if step.key in (context.get("retry_pending") or {}):
+        _clear_retry_pending(tx, step, context["retry_pending"].pop(step.key))
 
     target = step.transitions[proposal.outcome]
     if target in (TERMINAL_COMPLETE, TERMINAL_REJECT):
@@ -477,6 +479,22 @@ def apply_decision(tx: StepTx, step: Step, proposal: Proposal, *, actor: Actor, 
     case.transition(CaseStatus.RUNNING)
     case.wait_reason = WaitReason.NONE
     case.current_step = workflow_steps(case.workflow_id)[target]
+
+
+def _clear_retry_pending(tx: StepTx, step: Step, escalation_id: int) -> None:
+    # portal: a supervisor returned this step to its agent; it has now succeeded, so the retry is no longer pending
+    if Escalation.objects.filter(pk=escalation_id, retry_pending=True).update(retry_pending=False):
+        tx.events.append(
+            audit_event(
+                actor=SYSTEM,
+                action=AuditAction.ESCALATION_RETRY_SUCCEEDED,
+                subject_type="operations.escalation",
+                subject_id=escalation_id,
+                subject_label=f"Escalation {escalation_id}",
+                case_id=tx.case.pk,
+                data={"step": step.key},
+            )
+        )
 
 
 def _owe_effect(tx: StepTx, step: Step, proposal: Proposal) -> None:

@@ -151,7 +151,12 @@ class Case(models.Model):
                 violation_error_message="A case with this reference already exists for this workflow.",
             ),
         ]
-        indexes = [models.Index(fields=["status", "updated_at"], name="case_status_updated_idx")]
+        indexes = [
+            models.Index(fields=["status", "updated_at"], name="case_status_updated_idx"),
+            models.Index(fields=["finished_at"], name="case_finished_idx"),  # portal dashboard: cases out
+            # portal case search by reference prefix (the pattern opclass lets PostgreSQL use it for LIKE 'x%')
+            models.Index(fields=["reference"], name="case_reference_prefix_idx", opclasses=["varchar_pattern_ops"]),
+        ]
 
     def __str__(self) -> str:
         return self.reference
@@ -193,7 +198,10 @@ class StepRun(models.Model):
     class Meta:
         # (case, step, attempt) is not unique: a step returned to its agent by a supervisor starts a new round of
         # attempts, numbered from 1 again.
-        indexes = [models.Index(fields=["case", "step"], name="steprun_case_step_idx")]
+        indexes = [
+            models.Index(fields=["case", "step"], name="steprun_case_step_idx"),
+            models.Index(fields=["started_at"], name="steprun_started_idx"),  # portal dashboard: latency per step
+        ]
         ordering = ["case", "id"]
 
     def __str__(self) -> str:
@@ -242,6 +250,18 @@ class Escalation(models.Model):
     resolved_by = models.CharField(max_length=200, blank=True)
     resolved_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # --- portal: claiming, reason codes, four-eyes, retry, SLA breaches -------------------------------------------
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    reason_code = models.CharField(max_length=64, blank=True)
+    # four-eyes: the first approval of an amount above the threshold waits here for a second, different person
+    pending_approval = models.JSONField(default=dict, blank=True, encoder=DjangoJSONEncoder)
+    pending_approver = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    # a "retry" resolution stays visible until the step's next run really succeeds (the engine clears it)
+    retry_pending = models.BooleanField(default=False)
+    sla_breached_at = models.DateTimeField(null=True, blank=True)
+    sla_reassigned_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [
@@ -252,7 +272,18 @@ class Escalation(models.Model):
                 violation_error_message="This case already has an open escalation.",
             ),
         ]
-        indexes = [models.Index(fields=["status", "queue", "sla_deadline"], name="escalation_queue_idx")]
+        indexes = [
+            models.Index(fields=["status", "queue", "sla_deadline"], name="escalation_queue_idx"),
+            # portal: the open queue sorted by deadline, "claim next" by urgency, retries still pending, similar cases
+            models.Index(fields=["sla_deadline", "id"], condition=Q(status="open"), name="escalation_open_sla_idx"),
+            models.Index(
+                fields=["priority", "sla_deadline", "id"],
+                condition=Q(status="open", claimed_by__isnull=True),
+                name="escalation_unclaimed_idx",
+            ),
+            models.Index(fields=["case"], condition=Q(retry_pending=True), name="escalation_retry_pending_idx"),
+            models.Index(fields=["step", "reason", "amount"], name="escalation_similar_idx"),
+        ]
         ordering = ["sla_deadline", "id"]
 
     def __str__(self) -> str:

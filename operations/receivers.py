@@ -6,6 +6,7 @@ from operations.models import WaitReason
 SCHEDULES = [
     # (name, func, minutes)
     ("selfops: sweep stale cases", "operations.tasks.sweep", 1),
+    ("selfops: escalation SLA breaches", "operations.tasks.check_slas", 1),
 ]
 
 

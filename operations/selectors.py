@@ -30,14 +30,30 @@ def reference_lookup_many(namespace: str, keys: list[str]) -> dict[str, dict]:
     return dict(ReferenceRecord.objects.filter(namespace=namespace, key__in=keys).values_list("key", "data"))
 
 
-def escalations_for(user):
-    """Escalations a user may see: those of the queues (groups) they belong to; everything for superusers."""
+def escalations_for(user, *, for_action: bool = False):
+    """Escalations a user may see: those of the queues (groups) they belong to; every queue for auditors, governance
+    admins and superusers. ``for_action``: those they may act on (auditors and governance admins read only)."""
+    from operations import roles
     from operations.models import Escalation
 
-    qs = Escalation.objects.select_related("case", "step", "case__workflow")
+    qs = Escalation.objects.select_related("case", "step", "case__workflow", "claimed_by")
     if user.is_superuser:
         return qs
-    return qs.filter(queue__in=list(user.groups.values_list("name", flat=True)))
+    if for_action and not roles.can_act(user):
+        return qs.none()
+    if not for_action and roles.reads_all(user):
+        return qs
+    return qs.filter(queue__in=sorted(roles.queue_names(user)))
+
+
+def cases_for(user):
+    """Cases a user may see: everyone with a portal role reads cases (the escalations on them stay scoped by
+    queue); users without one see none."""
+    from operations import roles
+    from operations.models import Case
+
+    qs = Case.objects.select_related("workflow", "current_step")
+    return qs if roles.has_portal_role(user) else qs.none()
 
 
 def case_timeline(*, case) -> list:
@@ -53,3 +69,58 @@ def clear_caches() -> None:
 
     _steps.clear()
     _validators.clear()
+
+
+# --- portal -----------------------------------------------------------------------------------------------------
+
+
+def sla_state(escalation, now=None) -> str:
+    """ok / amber (under a quarter of the SLA left) / red (under an hour... or a tenth) / breached."""
+    from django.utils import timezone
+
+    if escalation.sla_deadline is None:
+        return "ok"
+    now = now or timezone.now()
+    left = (escalation.sla_deadline - now).total_seconds()
+    if left <= 0:
+        return "breached"
+    if left <= SLA_RED_SECONDS:
+        return "red"
+    if left <= SLA_AMBER_SECONDS:
+        return "amber"
+    return "ok"
+
+
+SLA_RED_SECONDS = 3600  # under an hour left
+SLA_AMBER_SECONDS = 4 * 3600  # under four hours left
+
+
+def similar_escalations(*, user, escalation, limit: int = 10):
+    """Past, resolved escalations of the same step and reason with an amount within ±20%: how people decided."""
+    from decimal import Decimal
+
+    from operations.models import EscalationStatus
+
+    qs = (
+        escalations_for(user)
+        .filter(step=escalation.step_id, reason=escalation.reason, status=EscalationStatus.RESOLVED)
+        .exclude(pk=escalation.pk)
+    )
+    if escalation.amount is not None:
+        qs = qs.filter(amount__gte=escalation.amount * Decimal("0.8"), amount__lte=escalation.amount * Decimal("1.2"))
+    else:
+        qs = qs.filter(amount__isnull=True)
+    return list(qs.order_by("-resolved_at", "-id")[:limit])
+
+
+def case_detail_parts(*, user, case) -> dict:
+    """What a case page shows: its step runs (proposals and verdicts), its escalations the user may see (human
+    decisions), payments and messages owed or sent, and the timeline."""
+    from operations.models import OutboxEntry
+
+    return {
+        "runs": list(case.step_runs.select_related("step").order_by("id")),
+        "escalations": list(escalations_for(user).filter(case=case).order_by("id")),
+        "outbox": list(OutboxEntry.objects.filter(case=case).order_by("id")),
+        "timeline": case_timeline(case=case),
+    }

@@ -17,7 +17,7 @@ from audit.models import AuditAction
 from audit.services import audit_event, audit_record, audit_record_many
 from operations.agents import Proposal, ProposalError
 from operations.engine import StepTx, apply_decision, engine_setting
-from operations.errors import Conflict, ValidationFailed
+from operations.errors import Conflict, NotAllowed, ValidationFailed
 from operations.models import (
     Case,
     CaseStatus,
@@ -119,14 +119,21 @@ def escalation_resolve(
     amount: Any = None,
     outcome: str = "",
     instruction: str = "",
+    reason_code: str = "",
 ) -> Escalation:
     """Decide an escalation: approve the agent's proposal, amend and approve it, reject, return it to the agent
-    (retry, with an instruction) or cancel the case. A note is required. Two people resolving at once: one wins,
-    the other gets ``Conflict`` and nothing is applied twice."""
+    (retry, with an instruction) or cancel the case. A note is required, a reason code from the resolution's list is
+    stored. Approving an amount above the four-eyes threshold (or above the approver's authority) records a pending
+    approval; a second, different person completes it. Two people resolving at once: one wins, the other gets
+    ``Conflict`` and nothing is applied twice."""
     if resolution not in Resolution.values:
         raise ValidationFailed(f"unknown resolution '{resolution}'", fields={"resolution": "unknown"})
     if not (note or "").strip():
         raise ValidationFailed("a note is required", fields={"note": "required"})
+    # --- portal: reason code and the acting user's rights ------------------------------------------------------
+    reason_code = _reason_code(resolution, reason_code)
+    user = _acting_user(actor) if actor.kind == "user" else None
+    # ------------------------------------------------------------------------------------------------------------
     amount = _amount(amount)
     with transaction.atomic():
         case, escalation = _locked_case_and_escalation(escalation_id)
@@ -136,10 +143,18 @@ def escalation_resolve(
                 if escalation.resolved_by
                 else "this escalation is no longer open"
             )
+        # --- portal: scope and claims -----------------------------------------------------------------------------
+        if user is not None:
+            _check_may_act_on(user, escalation)
+        if escalation.claimed_by_id and user is not None and escalation.claimed_by_id != user.pk:
+            raise Conflict(f"this escalation is claimed by {escalation.claimed_by}; ask them or a senior to release it")
+        # -----------------------------------------------------------------------------------------------------------
         step = escalation.step
         tx = StepTx(case)
         decided_by = f"human:{actor.label}"
         data: dict[str, Any] = {"resolution": resolution, "note": note, "step": step.key}
+        if reason_code:
+            data["reason_code"] = reason_code
 
         if resolution in (Resolution.APPROVE, Resolution.AMEND):
             proposal = _approved_proposal(escalation, resolution, amount=amount, outcome=outcome)
@@ -147,6 +162,33 @@ def escalation_resolve(
                 raise ValidationFailed(
                     f"'{proposal.outcome}' is not an outcome of step {step.key}", fields={"outcome": "unknown outcome"}
                 )
+            # --- portal: four-eyes ------------------------------------------------------------------------------
+            proposal, approvers = _four_eyes(escalation, resolution, proposal, actor=actor, user=user)
+            if approvers is None:  # first of two approvals: recorded, the escalation stays open
+                escalation.pending_approval = {
+                    "by_kind": actor.kind,
+                    "by_id": actor.id,
+                    "by": actor.label,
+                    "at": timezone.now().isoformat(),
+                    "resolution": resolution,
+                    "reason_code": reason_code,
+                    "note": note,
+                    "proposal": proposal.as_dict(),
+                }
+                escalation.pending_approver = user
+                escalation.claimed_by, escalation.claimed_at = None, None  # free for the second person
+                escalation.save()
+                tx.audit(
+                    actor=actor,
+                    action=AuditAction.ESCALATION_APPROVAL_PENDING,
+                    subject=escalation,
+                    data={**data, "proposal": proposal.as_dict()},
+                )
+                tx.flush()
+                return escalation
+            if len(approvers) > 1:
+                data["approvers"] = approvers
+            # ----------------------------------------------------------------------------------------------------
             data["proposal"] = proposal.as_dict()
             apply_decision(tx, step, proposal, actor=actor, decided_by=decided_by)
         elif resolution == Resolution.REJECT:
@@ -164,10 +206,19 @@ def escalation_resolve(
             if instruction:
                 case.context.setdefault("instructions", {})[step.key] = instruction
                 data["instruction"] = instruction
+            # --- portal: the retry stays visible until the step succeeds (engine.apply_decision clears it) ------
+            escalation.retry_pending = True
+            case.context.setdefault("retry_pending", {})[step.key] = escalation.pk
+            # ----------------------------------------------------------------------------------------------------
         else:  # cancel the case
             case.transition(CaseStatus.CANCELLED)
             case.current_step, case.finished_at, case.wait_reason = None, timezone.now(), WaitReason.NONE
             tx.audit(actor=actor, action=AuditAction.CASE_CANCELLED, data={"note": note})
+        # --- portal: a case that ends here owes no pending retry -------------------------------------------------
+        if not case.is_open and case.context.get("retry_pending"):
+            Escalation.objects.filter(case=case, retry_pending=True).update(retry_pending=False)
+            case.context.pop("retry_pending", None)
+        # -----------------------------------------------------------------------------------------------------------
 
         escalation.transition(EscalationStatus.RESOLVED)
         escalation.resolution = resolution
@@ -175,6 +226,7 @@ def escalation_resolve(
         escalation.resolution_data = {k: v for k, v in data.items() if k not in ("note", "resolution")}
         escalation.resolved_by = actor.label
         escalation.resolved_at = timezone.now()
+        escalation.reason_code = reason_code
         escalation.save()
         case.save()
         tx.audit(actor=actor, action=AuditAction.ESCALATION_RESOLVED, subject=escalation, data=data)
@@ -364,3 +416,319 @@ def _definition_digest(definition: dict) -> str:
     import json
 
     return "sha256:" + hashlib.sha256(json.dumps(definition, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# --- portal: roles, claiming, four-eyes, reassignment, SLA breaches ------------------------------------------------
+
+
+def _reason_code(resolution: str, reason_code: str) -> str:
+    from operations.resolution_codes import REASON_CODES
+
+    # Empty is accepted here for callers that predate reason codes (the portal form requires one).
+    if reason_code and reason_code not in {code for code, _ in REASON_CODES.get(resolution, [])}:
+        raise ValidationFailed(
+            f"'{reason_code}' is not a reason code for '{resolution}'",
+            fields={"reason_code": "not for this resolution"},
+        )
+    return reason_code
+
+
+def _acting_user(actor: Actor):
+    from django.contrib.auth import get_user_model
+
+    from operations import roles
+
+    user = get_user_model().objects.filter(pk=actor.user_id).first()
+    if user is None or not roles.can_act(user):
+        raise NotAllowed("you may read escalations but not act on them", fields={"actor": "no acting role"})
+    return user
+
+
+def _check_may_act_on(user, escalation: Escalation) -> None:
+    from operations.selectors import escalations_for
+
+    if not escalations_for(user, for_action=True).filter(pk=escalation.pk).exists():
+        raise NotAllowed("this escalation is not in one of your queues", fields={"queue": escalation.queue})
+
+
+def _four_eyes(escalation: Escalation, resolution: str, proposal: Proposal, *, actor: Actor, user):
+    """The proposal to apply and who approved it, or ``(proposal, None)`` when this is the first of two approvals.
+    Above the four-eyes amount two different people approve; one of them must have the authority for the amount
+    (CLAIMS_DOMAIN.md tiers: a supervisor up to 10,000, a senior up to 50,000, above that two people)."""
+    from operations import roles
+
+    def limit(u):
+        return roles.approval_limit(u) if u is not None else roles.four_eyes_amount()
+
+    pending = escalation.pending_approval or {}
+    if pending:
+        if (pending.get("by_kind", "user"), pending["by_id"]) == (actor.kind, actor.id):
+            raise NotAllowed(
+                "you gave the first approval: a second, different person must approve", fields={"actor": "same person"}
+            )
+        if resolution == Resolution.AMEND:
+            pending = {}  # a new amendment replaces the waiting one and needs its own second approval
+        else:
+            proposal = Proposal.from_dict(pending["proposal"])
+    amount = proposal.amount
+    if amount is None:
+        return proposal, [actor.label]
+    mine = limit(user)
+    if not pending:
+        if amount <= roles.four_eyes_amount() and amount <= mine:
+            return proposal, [actor.label]
+        return proposal, None
+    first = None
+    if pending.get("by_kind", "user") == "user":
+        from django.contrib.auth import get_user_model
+
+        first = get_user_model().objects.filter(pk=int(pending["by_id"])).first()
+    needed = min(amount, roles.senior_limit())
+    if max(mine, limit(first)) < needed:
+        raise NotAllowed(
+            f"{amount:,.2f} needs a senior supervisor's approval (yours goes up to {mine:,.2f})",
+            fields={"actor": "authority"},
+        )
+    return proposal, [pending["by"], actor.label]
+
+
+def ensure_roles() -> None:
+    """Create the role and queue groups (idempotent)."""
+    from django.contrib.auth.models import Group
+
+    from operations import roles
+
+    names = list(roles.ROLES) + list(Step.objects.values_list("escalation_queue", flat=True).distinct())
+    for queues in Step.objects.values_list("action_queues", flat=True):
+        names += list((queues or {}).values())
+    for name in dict.fromkeys(names):
+        Group.objects.get_or_create(name=name)
+
+
+def _locked_escalation(escalation_id: int) -> Escalation:
+    escalation = Escalation.objects.select_for_update(of=("self",)).filter(pk=escalation_id).first()
+    if escalation is None:
+        raise Escalation.DoesNotExist(f"no escalation {escalation_id}")
+    return escalation
+
+
+def escalation_claim(*, escalation_id: int, actor: Actor) -> Escalation:
+    """Take an open escalation: others see who works on it and cannot resolve it meanwhile."""
+    user = _acting_user(actor)
+    with transaction.atomic():
+        escalation = _locked_escalation(escalation_id)
+        _check_may_act_on(user, escalation)
+        if escalation.status != EscalationStatus.OPEN:
+            raise Conflict("this escalation is no longer open")
+        if escalation.claimed_by_id == user.pk:
+            return escalation
+        if escalation.claimed_by_id:
+            raise Conflict(f"this escalation is already claimed by {escalation.claimed_by}")
+        escalation.claimed_by, escalation.claimed_at = user, timezone.now()
+        escalation.save(update_fields=["claimed_by", "claimed_at"])
+        audit_record(actor=actor, action=AuditAction.ESCALATION_CLAIMED, subject=escalation, case_id=escalation.case_id)
+    return escalation
+
+
+def escalation_release(*, escalation_id: int, actor: Actor) -> Escalation:
+    """Give a claimed escalation back to its queue: the claimant, or a senior supervisor for anyone's claim."""
+    from operations import roles
+
+    user = _acting_user(actor)
+    with transaction.atomic():
+        escalation = _locked_escalation(escalation_id)
+        _check_may_act_on(user, escalation)
+        if not escalation.claimed_by_id:
+            return escalation
+        if escalation.claimed_by_id != user.pk and not roles.is_senior(user):
+            raise NotAllowed(f"only {escalation.claimed_by} or a senior supervisor may release this claim")
+        was = str(escalation.claimed_by)
+        escalation.claimed_by, escalation.claimed_at = None, None
+        escalation.save(update_fields=["claimed_by", "claimed_at"])
+        audit_record(
+            actor=actor,
+            action=AuditAction.ESCALATION_RELEASED,
+            subject=escalation,
+            case_id=escalation.case_id,
+            data={"was_claimed_by": was},
+        )
+    return escalation
+
+
+def escalation_claim_next(*, actor: Actor) -> Escalation | None:
+    """Claim the most urgent unclaimed open escalation the user may act on (priority, then deadline). Rows another
+    transaction is claiming are skipped, so two supervisors clicking at once get different items."""
+    from operations.selectors import escalations_for
+
+    user = _acting_user(actor)
+    with transaction.atomic():
+        escalation = (
+            escalations_for(user, for_action=True)
+            .select_related(None)
+            .filter(status=EscalationStatus.OPEN, claimed_by__isnull=True)
+            .exclude(pending_approver=user)  # they cannot give the second approval themselves
+            .order_by("priority", "sla_deadline", "id")
+            .select_for_update(skip_locked=True, of=("self",))
+            .first()
+        )
+        if escalation is None:
+            return None
+        escalation.claimed_by, escalation.claimed_at = user, timezone.now()
+        escalation.save(update_fields=["claimed_by", "claimed_at"])
+        audit_record(
+            actor=actor,
+            action=AuditAction.ESCALATION_CLAIMED,
+            subject=escalation,
+            case_id=escalation.case_id,
+            data={"next": True},
+        )
+    return escalation
+
+
+def escalations_reassign(
+    *, escalation_ids: list[int], actor: Actor, note: str, queue: str = "", assignee=None
+) -> list[Escalation]:
+    """Move open escalations to another queue and/or hand them to a person (claimed for them). Several at once is
+    for senior supervisors; one supervisor may pass on a single item of their own queue."""
+    from django.contrib.auth.models import Group
+
+    from operations import roles
+    from operations.selectors import escalations_for
+
+    user = _acting_user(actor)
+    ids = sorted({int(i) for i in escalation_ids})
+    if not ids:
+        raise ValidationFailed("choose at least one escalation", fields={"escalations": "required"})
+    if len(ids) > 1 and not roles.is_senior(user):
+        raise NotAllowed("bulk reassignment is for senior supervisors")
+    if not (note or "").strip():
+        raise ValidationFailed("a note is required", fields={"note": "required"})
+    if not queue and assignee is None:
+        raise ValidationFailed("choose a queue or a person", fields={"queue": "required"})
+    if queue and not Group.objects.filter(name=queue).exists():
+        raise ValidationFailed(f"there is no queue '{queue}'", fields={"queue": "unknown"})
+    if assignee is not None and not roles.can_act(assignee):
+        raise ValidationFailed(f"{assignee} cannot work escalations", fields={"assignee": "no acting role"})
+    with transaction.atomic():
+        # lock in pk order (STYLE.md); rows outside the user's queues are not theirs to move
+        rows = list(
+            escalations_for(user, for_action=True)
+            .select_related(None)
+            .filter(pk__in=ids, status=EscalationStatus.OPEN)
+            .order_by("pk")
+            .select_for_update(of=("self",))
+        )
+        if len(rows) != len(ids):
+            raise Conflict("some of these escalations are no longer open or not in your queues; nothing was moved")
+        events = []
+        for escalation in rows:
+            before = {"queue": escalation.queue, "claimed_by": str(escalation.claimed_by or "")}
+            if queue:
+                escalation.queue = queue
+            if assignee is not None:
+                if not assignee.is_superuser and escalation.queue not in roles.queue_names(assignee):
+                    raise ValidationFailed(
+                        f"{assignee} does not work the queue '{escalation.queue}'", fields={"assignee": "wrong queue"}
+                    )
+                escalation.claimed_by, escalation.claimed_at = assignee, timezone.now()
+            else:
+                escalation.claimed_by, escalation.claimed_at = None, None
+            events.append(
+                audit_event(
+                    actor=actor,
+                    action=AuditAction.ESCALATION_REASSIGNED,
+                    subject=escalation,
+                    case_id=escalation.case_id,
+                    data={
+                        "before": before,
+                        "queue": escalation.queue,
+                        "assignee": str(assignee or ""),
+                        "note": note,
+                    },
+                )
+            )
+        Escalation.objects.bulk_update(rows, ["queue", "claimed_by", "claimed_at"])
+        audit_record_many(events)
+    return rows
+
+
+def escalations_sla_check(*, now=None, limit: int = 1000) -> dict[str, int]:
+    """Find open escalations past their SLA deadline: record the breach, raise the priority and e-mail the queue's
+    members; after a second threshold move them to the senior supervisors' queue. Safe to run twice."""
+    from django.conf import settings
+    from django.contrib.auth import get_user_model
+    from django.core.mail import send_mail
+
+    from operations import roles
+
+    now = now or timezone.now()
+    reassign_before = now - timedelta(seconds=settings.SELFOPS["SLA_REASSIGN_AFTER"])
+    with transaction.atomic():
+        breached = list(
+            Escalation.objects.select_for_update(skip_locked=True, of=("self",))
+            .select_related("case")
+            .filter(status=EscalationStatus.OPEN, sla_breached_at__isnull=True, sla_deadline__lt=now)
+            .order_by("sla_deadline", "id")[:limit]
+        )
+        events = []
+        by_queue: dict[str, list[Escalation]] = {}
+        for e in breached:
+            e.sla_breached_at, e.priority = now, 1
+            by_queue.setdefault(e.queue, []).append(e)
+            events.append(
+                audit_event(
+                    actor=SYSTEM,
+                    action=AuditAction.ESCALATION_SLA_BREACHED,
+                    subject=e,
+                    case_id=e.case_id,
+                    data={"deadline": e.sla_deadline.isoformat(), "queue": e.queue, "level": "breached"},
+                )
+            )
+        Escalation.objects.bulk_update(breached, ["sla_breached_at", "priority"])
+
+        overdue = list(
+            Escalation.objects.select_for_update(skip_locked=True, of=("self",))
+            .select_related("case")
+            .filter(
+                status=EscalationStatus.OPEN,
+                sla_reassigned_at__isnull=True,
+                sla_deadline__lt=reassign_before,
+            )
+            .exclude(queue=roles.SENIOR_QUEUE)
+            .order_by("sla_deadline", "id")[:limit]
+        )
+        for e in overdue:
+            events.append(
+                audit_event(
+                    actor=SYSTEM,
+                    action=AuditAction.ESCALATION_REASSIGNED,
+                    subject=e,
+                    case_id=e.case_id,
+                    data={"before": {"queue": e.queue}, "queue": roles.SENIOR_QUEUE, "note": "SLA breached"},
+                )
+            )
+            e.queue, e.claimed_by, e.claimed_at, e.sla_reassigned_at = roles.SENIOR_QUEUE, None, None, now
+            by_queue.setdefault(roles.SENIOR_QUEUE, []).append(e)
+        Escalation.objects.bulk_update(overdue, ["queue", "claimed_by", "claimed_at", "sla_reassigned_at"])
+        audit_record_many(events)
+
+        mails = []
+        for queue, items in by_queue.items():
+            to = list(
+                get_user_model()
+                .objects.filter(groups__name=queue, is_active=True)
+                .exclude(email="")
+                .values_list("email", flat=True)
+            )
+            if to:
+                lines = [
+                    f"#{e.pk} {e.case.reference}: {e.reason}, due {e.sla_deadline:%Y-%m-%d %H:%M} UTC" for e in items
+                ]
+                mails.append((f"[selfops] {len(items)} escalation(s) past their SLA in {queue}", "\n".join(lines), to))
+
+        def send():
+            for subject, body, to in mails:
+                send_mail(subject, body, None, to, fail_silently=True)
+
+        transaction.on_commit(send)
+    return {"breached": len(breached), "reassigned": len(overdue)}

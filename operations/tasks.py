@@ -17,3 +17,8 @@ def deliver_outbox(idempotency_key: str) -> None:
 def sweep() -> int:
     with correlation("sweep"):
         return services.cases_sweep()
+
+
+def check_slas() -> dict:
+    with correlation("sla-check"):
+        return services.escalations_sla_check()

@@ -21,6 +21,13 @@ if [[ -z $PG_BIN && $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
   PG_BIN=$(find_pg_bin || true)
 fi
 
+# Browser tests drive Debian's Chromium (never a downloaded browser); without it they are skipped with a message.
+if [[ ! -x /usr/bin/chromium && $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+  say "Chromium not found: installing Debian's chromium for the browser tests"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || true
+fi
+[[ -x /usr/bin/chromium ]] || echo "WARNING: /usr/bin/chromium is missing: browser tests (-m browser) will be skipped" >&2
+
 PG_STATUS=skipped
 if [[ -n $PG_BIN ]]; then
   PGTMP=$(mktemp -d /tmp/selfops-pg.XXXXXX)

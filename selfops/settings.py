@@ -181,6 +181,11 @@ SELFOPS = {
     # a case whose lease expired (its worker died) or that has sat running with no task is re-enqueued by the sweeper
     "SWEEP_STALE_AFTER": env.int("SELFOPS_SWEEP_STALE_AFTER", default=120),
     "DEFAULT_SLA_SECONDS": env.int("SELFOPS_DEFAULT_SLA_SECONDS", default=4 * 3600),
+    # portal: approval authority (CLAIMS_DOMAIN.md tiers; decimal strings) and SLA follow-up
+    "FOUR_EYES_AMOUNT": env.str("SELFOPS_FOUR_EYES_AMOUNT", default="10000"),
+    "SUPERVISOR_APPROVAL_LIMIT": env.str("SELFOPS_SUPERVISOR_APPROVAL_LIMIT", default="10000"),
+    "SENIOR_APPROVAL_LIMIT": env.str("SELFOPS_SENIOR_APPROVAL_LIMIT", default="50000"),
+    "SLA_REASSIGN_AFTER": env.int("SELFOPS_SLA_REASSIGN_AFTER", default=4 * 3600),  # seconds past the deadline
 }
 
 LOGGING = {

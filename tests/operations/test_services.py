@@ -16,9 +16,21 @@ from tests.helpers import settle, submit
 pytestmark = pytest.mark.django_db
 
 
+def _senior(username):
+    """A senior supervisor of both claims queues (the portal scopes resolution by role and queue)."""
+    from django.contrib.auth.models import Group
+
+    user = get_user_model().objects.create_user(username, password="x" * 12)
+    for name in ("Senior supervisor", "Claims handlers", "Special investigations"):
+        user.groups.add(Group.objects.get_or_create(name=name)[0])
+    return user
+
+
 @pytest.fixture
-def supervisor(db):
-    return Actor.user(get_user_model().objects.create_user("sam", password="x" * 12))
+def supervisor(db, settings):
+    # one person decides alone here; four-eyes has its own tests (tests/operations/test_portal_services.py)
+    settings.SELFOPS = {**settings.SELFOPS, "FOUR_EYES_AMOUNT": "1000000", "SENIOR_APPROVAL_LIMIT": "1000000"}
+    return Actor.user(_senior("sam"))
 
 
 def _escalated(generator, scenario="over_limit") -> Escalation:
@@ -180,14 +192,15 @@ def test_resolving_twice_is_a_conflict(claim_generator, supervisor):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_two_people_resolving_at_once_one_wins_nothing_applied_twice(claims_workflow):
+def test_two_people_resolving_at_once_one_wins_nothing_applied_twice(claims_workflow, settings):
     from operations.packs.claims.data import ClaimGenerator
     from operations.packs.claims.install import policies_in_db
 
     if connection.vendor != "postgresql":
         pytest.skip("row-lock concurrency is tested on PostgreSQL")
+    settings.SELFOPS = {**settings.SELFOPS, "FOUR_EYES_AMOUNT": "1000000", "SENIOR_APPROVAL_LIMIT": "1000000"}
     escalation = _escalated(ClaimGenerator(policies_in_db(), seed=9))
-    users = [Actor.user(get_user_model().objects.create_user(n, password="x" * 12)) for n in ("ann", "bob")]
+    users = [Actor.user(_senior(n)) for n in ("ann", "bob")]
     barrier = threading.Barrier(2)
     results = []
 
