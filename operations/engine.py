@@ -484,16 +484,13 @@ def apply_decision(tx: StepTx, step: Step, proposal: Proposal, *, actor: Actor, 
 def _clear_retry_pending(tx: StepTx, step: Step, escalation_id: int) -> None:
     # portal: a supervisor returned this step to its agent; it has now succeeded, so the retry is no longer pending
     if Escalation.objects.filter(pk=escalation_id, retry_pending=True).update(retry_pending=False):
-        tx.events.append(
-            audit_event(
-                actor=SYSTEM,
-                action=AuditAction.ESCALATION_RETRY_SUCCEEDED,
-                subject_type="operations.escalation",
-                subject_id=escalation_id,
-                subject_label=f"Escalation {escalation_id}",
-                case_id=tx.case.pk,
-                data={"step": step.key},
-            )
+        tx.audit(
+            actor=SYSTEM,
+            action=AuditAction.ESCALATION_RETRY_SUCCEEDED,
+            subject_type="operations.escalation",
+            subject_id=escalation_id,
+            subject_label=f"Escalation {escalation_id}",
+            data={"step": step.key},
         )
 
 
