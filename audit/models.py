@@ -32,6 +32,11 @@ class AuditAction(models.TextChoices):
     STOP_ENGAGED = "stop.engaged", "Stop switch engaged"
     STOP_RELEASED = "stop.released", "Stop switch released"
     REFERENCE_LOADED = "reference.loaded", "Reference data loaded"
+    RULE_AGENT_SAVED = "agent.rules_saved", "Rule agent version saved"
+    AGENT_VERSION_CHANGED = "agent.version_changed", "Agent version rollout changed"
+    AGENT_REPLAYED = "agent.replayed", "Agent version replayed on closed cases"
+    MODEL_TRAINED = "agent.model_trained", "Agent model trained"
+    COST_BUDGET_CHANGED = "governance.cost_budget_changed", "Agent cost budget changed"
 
 
 class AuditEvent(models.Model):

@@ -35,7 +35,8 @@ from audit.services import audit_event, audit_record_many
 from governance.evaluation import PolicySnapshot, Reason, Verdict, evaluate
 from governance.models import AutonomyLevel
 from governance.selectors import engaged_stops, policy_for_agent
-from operations.agents import AgentContext, Proposal, ProposalError, get_agent
+from operations.agents import AgentContext, Proposal, ProposalError
+from operations.agents import versions as agent_versions
 from operations.models import (
     TERMINAL_COMPLETE,
     TERMINAL_REJECT,
@@ -212,7 +213,15 @@ def _run_step(case_id: int, token: str, *, may_continue: bool) -> Next:
             _park(tx, WaitReason.AGENT_OFF, data={"step": step.key, "policy_version": policy.version})
             return _finish(tx, Next.STOP)
 
-        registered = get_agent(step.agent_key)
+        registered = agent_versions.resolve(step.agent_key, case)
+        if registered is not None and registered.hold_reason:
+            verdict = Verdict(
+                decision="escalate", reasons=(Reason(code=registered.hold_reason, message=registered.hold_message),)
+            )
+            open_escalation(tx, step, None, None, verdict)
+            _release_lease(case)
+            case.save()
+            return _finish(tx, Next.STOP)
         started_at = timezone.now()
         t0 = time.perf_counter()
         try:
@@ -358,6 +367,7 @@ def _step_run(case, step, status, started_at, t0, registered, *, proposal=None, 
         finished_at=timezone.now(),
         duration_ms=(time.perf_counter() - t0) * 1000,
         error=error[:2000],
+        **agent_versions.charge(registered),
     )
 
 
