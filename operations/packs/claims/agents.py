@@ -182,6 +182,9 @@ def assessment(ctx: AgentContext) -> Proposal:
     )
 
 
+REFER_CLAUSE = "Clause 7.1: the claim was reviewed by special investigations."
+
+
 def fraud_signals(ctx: AgentContext) -> dict[str, float]:
     p = ctx.payload
     claimed = _claimed(p)
@@ -220,7 +223,7 @@ def approval(ctx: AgentContext) -> Proposal:
             data={
                 **data,
                 "letter": "denial",
-                "denial_clause": "Clause 7.1: the claim was reviewed by special investigations.",
+                "denial_clause": REFER_CLAUSE,
             },
         )
     if payable <= 0:
