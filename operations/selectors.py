@@ -49,7 +49,10 @@ def case_timeline(*, case) -> list:
 
 def clear_caches() -> None:
     """Forget cached workflow data (tests, whose rolled-back ids can be reused)."""
+    from operations.agents import ml, rules
     from operations.services import _validators
 
     _steps.clear()
     _validators.clear()
+    rules.clear_caches()
+    ml.clear_caches()
