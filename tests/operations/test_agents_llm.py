@@ -9,6 +9,7 @@ from governance.models import AgentCostBudget
 from governance.services import cost_budget_set
 from operations.agents.llm import LLMConfig, LLMError, ask_json
 from operations.models import Escalation, OutboxEntry, StepRun, StepRunStatus
+from operations.selectors import agent_stats
 from tests.chat_server import ChatServer
 from tests.helpers import END_STATE, settle, submit
 
@@ -94,6 +95,11 @@ def test_communication_drafts_the_letter_with_the_llm_and_records_usage(llm_sett
     assert (run.llm_model, run.prompt_version, run.tokens_in, run.tokens_out) == ("test-model", "letter-v1", 120, 80)
     assert run.cost == Decimal("0.003600")  # 120 * 0.01 / 1000 + 80 * 0.03 / 1000
     assert StepRun.objects.get(case=case, step__key="intake").tokens_in is None
+    # and the dashboard's selector sums tokens and money per agent version, with time per step
+    stats = {s["agent_key"]: s for s in agent_stats()}
+    comm = stats["claims.communication"]
+    assert (comm["steps"], comm["tokens_in"], comm["tokens_out"], comm["cost"]) == (1, 120, 80, Decimal("0.0036"))
+    assert comm["avg_ms"] > 0 and stats["claims.intake"]["tokens_in"] is None
 
 
 def test_communication_falls_back_to_templates_without_an_llm(claim_generator):
