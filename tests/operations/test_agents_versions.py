@@ -147,3 +147,19 @@ def test_replay_numbers_match_a_hand_checked_case_set(claim_generator):
     assert by_ref[odd.reference]["final_amount"] == "400.00"
     assert by_ref[cases[0].reference]["amount"] == "700.00"
     assert AgentVersion.objects.get(version="r1").status == AgentVersionStatus.REPLAYING
+
+
+def test_agent_replay_command_prints_the_comparison(claim_generator, capsys):
+    from django.core.management import call_command
+
+    case = submit(claim_generator.claim("straight_through"))
+    settle(case.pk)
+    versions.agent_version_register(agent_key="claims.intake", version="1", kind="code", actor=ADMIN)
+    call_command("agent_replay", "claims.intake", "1", "--last", "5")
+    out = capsys.readouterr().out
+    assert "cases: 1" in out and "agreement: 1.0" in out and "would_escalate: 0" in out
+    # a version whose code is not deployed here is reported as failing on every case, not as a crash
+    versions.agent_version_register(agent_key="claims.intake", version="9", kind="code", actor=ADMIN)
+    call_command("agent_replay", "claims.intake", "9", "--last", "5")
+    out = capsys.readouterr().out
+    assert "errors: 1" in out and "agreement: 0.0" in out
