@@ -8,6 +8,7 @@ newest artifact of a key, or the default model the pack ships, so a fresh instal
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
 from collections.abc import Callable
@@ -197,15 +198,38 @@ def load_artifact(path: Path | str) -> Any:
     return joblib.load(path)  # only files this deployment wrote (var/models) or shipped with a pack
 
 
+_pins: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("selfops_model_pins", default=None)
+
+
+def pinned(fn: Callable, model_key: str, artifact_version: str) -> Callable:
+    """``fn`` run with ``model_key`` pinned to one artifact version: an agent version that names its model
+    (``AgentVersion.source = "key@version"``) keeps that model when a newer one is trained."""
+
+    def run(ctx):
+        token = _pins.set({**(_pins.get() or {}), model_key: artifact_version})
+        try:
+            return fn(ctx)
+        finally:
+            _pins.reset(token)
+
+    return run
+
+
 def current_model(agent_key: str) -> tuple[Any, str]:
-    """The newest trained model of ``agent_key`` and its version; the pack's shipped default when none was trained.
-    One small query; the loaded model is cached by artifact id."""
+    """The model that serves ``agent_key`` and its version: the pinned artifact when the running agent version names
+    one, else the newest trained artifact, else the pack's shipped default. One small query; the loaded model is
+    cached by artifact id."""
     from operations.models import ModelArtifact
 
-    row = (
-        ModelArtifact.objects.filter(agent_key=agent_key).order_by("-created_at", "-id").values("id", "path", "version")
-    )
-    row = row.first()
+    qs = ModelArtifact.objects.filter(agent_key=agent_key)
+    pin = (_pins.get() or {}).get(agent_key)
+    if pin == "default":
+        qs = qs.none()
+    elif pin:
+        qs = qs.filter(version=pin)
+        if not qs.exists():
+            raise LookupError(f"model {agent_key} has no artifact {pin}")
+    row = qs.order_by("-created_at", "-id").values("id", "path", "version").first()
     cache_key = row["id"] if row else ("default", agent_key)
     if cache_key not in _loaded:
         path = row["path"] if row else trainer_for(agent_key).default_path

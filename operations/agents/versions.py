@@ -8,6 +8,7 @@ hashes below its share — deterministically, so a case always meets the same ve
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -66,8 +67,12 @@ def implementation(row: AgentVersion) -> RegisteredAgent:
             return rule_agent(rule_id)
         registered = None
     else:
-        source = row.source or row.agent_key
+        source, _, artifact = (row.source or row.agent_key).partition("@")
         registered = get_agent_version(source, row.version) or (get_agent(source) if source != row.agent_key else None)
+        if registered is not None and row.kind == AgentKind.ML and artifact:
+            from operations.agents.ml import pinned
+
+            registered = replace(registered, fn=pinned(registered.fn, source, artifact))
     if registered is None:
         message = f"version {row.version} of {row.agent_key} ({row.kind}) is not available in this deployment"
         return RegisteredAgent(key=row.agent_key, version=row.version, fn=_Unavailable(message), kind=row.kind)

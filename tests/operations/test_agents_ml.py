@@ -10,9 +10,9 @@ from threadpoolctl import threadpool_limits
 
 from audit.actors import Actor
 from audit.models import AuditAction, AuditEvent
-from operations.agents import AgentContext, get_agent
-from operations.agents.ml import current_model, digest, fit_amount, fit_probability, train_agent
-from operations.models import ModelArtifact
+from operations.agents import AgentContext, get_agent, versions
+from operations.agents.ml import current_model, digest, fit_amount, fit_probability, pinned, train_agent
+from operations.models import AgentVersion, ModelArtifact
 from operations.packs.claims.history import FEATURES, generate_history
 from operations.packs.claims.ml import claims_training_rows, hand_score
 from tests.helpers import settle, submit
@@ -75,6 +75,14 @@ def test_train_agent_stores_a_versioned_artifact_that_then_serves_the_agent(db, 
     assert current_model("claims.fraud_ml")[1] == artifact.version
     out = capsys.readouterr().out
     assert "auc:" in out and "baseline_auc:" in out and "reliability" in out
+    # and an agent version that names its model keeps it when newer ones are trained
+    which = lambda ctx: current_model("claims.fraud_ml")[1]  # noqa: E731
+    assert pinned(which, "claims.fraud_ml", "default")(None) == "default"
+    assert pinned(which, "claims.fraud_ml", artifact.version)(None) == artifact.version
+    with pytest.raises(LookupError):
+        pinned(which, "claims.fraud_ml", "no-such-version")(None)
+    row = AgentVersion(agent_key="claims.approval", version="f1", kind="ml", source="claims.fraud_ml@default")
+    assert versions.implementation(row).fn is not get_agent("claims.fraud_ml").fn
 
 
 def test_training_reads_human_confirmed_outcomes_of_closed_cases(claim_generator, tmp_path, settings):

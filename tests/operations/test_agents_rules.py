@@ -32,7 +32,9 @@ GLASS_RULES = [
 
 def test_the_first_rule_that_holds_makes_the_proposal():
     proposal = rule_agent_try(
-        rules=GLASS_RULES, payload={"claim_type": "auto_glass", "amount_claimed": "450.50"}, context={"deductible": "50"}
+        rules=GLASS_RULES,
+        payload={"claim_type": "auto_glass", "amount_claimed": "450.50"},
+        context={"deductible": "50"},
     )
     assert (proposal.outcome, proposal.amount, proposal.confidence) == ("assessed", Decimal("400.50"), 0.95)
     assert proposal.data == {"rule": "small-glass"}
