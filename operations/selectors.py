@@ -49,13 +49,14 @@ def case_timeline(*, case) -> list:
 
 def clear_caches() -> None:
     """Forget cached workflow data (tests, whose rolled-back ids can be reused)."""
-    from operations.agents import ml, rules
+    from operations.agents import ml, rules, versions
     from operations.services import _validators
 
     _steps.clear()
     _validators.clear()
     rules.clear_caches()
     ml.clear_caches()
+    versions.clear_caches()
 
 
 def agent_stats(*, since=None) -> list[dict]:

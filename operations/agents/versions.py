@@ -8,6 +8,7 @@ hashes below its share — deterministically, so a case always meets the same ve
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import replace
 from decimal import Decimal
 from typing import Any
@@ -79,13 +80,45 @@ def implementation(row: AgentVersion) -> RegisteredAgent:
     return registered
 
 
-def resolve(agent_key: str, case: Case | None = None) -> ResolvedAgent | None:
-    """The agent version that runs ``agent_key``'s step for ``case`` (None: nothing is registered under the key)."""
+# The versions taking traffic, per agent key, cached for ROUTING_TTL seconds: a step costs one query less, and a
+# rollout change reaches other processes within that time (this process at once: the services clear the cache).
+ROUTING_TTL = 1.0
+_routing: dict[str, tuple[float, list[AgentVersion]]] = {}
+
+
+def _taking_traffic(agent_key: str) -> list[AgentVersion]:
+    now = time.monotonic()
+    cached = _routing.get(agent_key)
+    if cached is not None and cached[0] > now:
+        return cached[1]
     rows = list(
         AgentVersion.objects.filter(
             agent_key=agent_key, status__in=(AgentVersionStatus.LIVE, AgentVersionStatus.CANARY)
         ).only("agent_key", "version", "kind", "source", "status", "canary_share")
     )
+    _routing[agent_key] = (now + ROUTING_TTL, rows)
+    return rows
+
+
+_budgets: dict[str, tuple[float, dict | None]] = {}
+
+
+def _budget_exhausted(agent_key: str) -> dict | None:
+    now = time.monotonic()
+    cached = _budgets.get(agent_key)
+    if cached is None or cached[0] <= now:
+        cached = _budgets[agent_key] = (now + ROUTING_TTL, cost_budget_exhausted(agent_key))
+    return cached[1]
+
+
+def clear_caches() -> None:
+    _routing.clear()
+    _budgets.clear()
+
+
+def resolve(agent_key: str, case: Case | None = None) -> ResolvedAgent | None:
+    """The agent version that runs ``agent_key``'s step for ``case`` (None: nothing is registered under the key)."""
+    rows = _taking_traffic(agent_key)
     live = next((r for r in rows if r.status == AgentVersionStatus.LIVE), None)
     canary = next((r for r in rows if r.status == AgentVersionStatus.CANARY), None)
     chosen = live
@@ -99,7 +132,7 @@ def resolve(agent_key: str, case: Case | None = None) -> ResolvedAgent | None:
         if registered is None:
             return None
         resolved = ResolvedAgent(key=agent_key, version=registered.version, kind=registered.kind, impl=registered.fn)
-    if resolved.kind == AgentKind.LLM and (budget := cost_budget_exhausted(agent_key)) is not None:
+    if resolved.kind == AgentKind.LLM and (budget := _budget_exhausted(agent_key)) is not None:
         resolved.hold_reason = COST_BUDGET_EXHAUSTED
         resolved.hold_message = (
             f"The agent's daily cost budget is used up ({budget['spent']} of {budget['daily_limit']}): "
@@ -113,6 +146,7 @@ def charge(resolved: Any) -> dict:
     usage = getattr(resolved, "usage", None) or {}
     if usage.get("cost"):
         cost_budget_consume(agent_key=resolved.key, cost=usage["cost"])
+        _budgets.pop(resolved.key, None)  # this process sees its own spending at once, others within ROUTING_TTL
     return {k: usage[k] for k in ("llm_model", "prompt_version", "tokens_in", "tokens_out", "cost") if k in usage}
 
 
@@ -143,8 +177,11 @@ def _set_status(row: AgentVersion, status: str, *, share: Decimal | None = None)
     row.save(update_fields=["status", "canary_share", "updated_at"])
     if row.kind == AgentKind.RULE:
         RuleAgentVersion.objects.filter(agent_key=row.agent_key, version=row.version).update(status=status)
-    from operations.agents.rules import clear_caches
+    from operations.agents import rules
 
+    rules.clear_caches()
+    # after the commit too: a concurrent resolve in this process may have cached the rows before it
+    transaction.on_commit(clear_caches)
     clear_caches()
 
 
