@@ -368,7 +368,8 @@ class RuleAgentVersion(models.Model):
 
 class AgentVersion(models.Model):
     """One version of an agent in the rollout: what kind it is, where its implementation comes from (``source``: a
-    registered agent key, a rule agent version, or a model key), and whether it takes traffic — all of it (live),
+    registered agent key, a rule agent version, or for ML ``model_key@artifact_version`` to pin the model), and
+    whether it takes traffic — all of it (live),
     a share of new cases (canary), or none. Replay results and live agreement are shown beside the live version."""
 
     agent_key = models.CharField(max_length=100)

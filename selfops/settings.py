@@ -200,7 +200,7 @@ SELFOPS_LLM = {
     "BASE_URL": env.str("SELFOPS_LLM_BASE_URL", default=""),
     "MODEL": env.str("SELFOPS_LLM_MODEL", default=""),
     "API_KEY": env.str("SELFOPS_LLM_API_KEY", default=""),
-    "TIMEOUT": env.float("SELFOPS_LLM_TIMEOUT", default=15.0),
+    "TIMEOUT": env.float("SELFOPS_LLM_TIMEOUT", default=8.0),  # two tries must fit in SELFOPS_AGENT_TIMEOUT
     "PRICE_IN": env.str("SELFOPS_LLM_PRICE_IN", default="0"),
     "PRICE_OUT": env.str("SELFOPS_LLM_PRICE_OUT", default="0"),
 }

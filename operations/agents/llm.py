@@ -29,7 +29,7 @@ class LLMConfig:
     base_url: str
     model: str
     api_key: str = ""
-    timeout: float = 15.0
+    timeout: float = 8.0
     price_in: Decimal = Decimal(0)  # per 1,000 prompt tokens
     price_out: Decimal = Decimal(0)  # per 1,000 completion tokens
 
@@ -47,7 +47,7 @@ def llm_config() -> LLMConfig:
         base_url=conf.get("BASE_URL", ""),
         model=conf.get("MODEL", ""),
         api_key=conf.get("API_KEY", ""),
-        timeout=float(conf.get("TIMEOUT", 15.0)),
+        timeout=float(conf.get("TIMEOUT", 8.0)),
         price_in=Decimal(str(conf.get("PRICE_IN", 0))),
         price_out=Decimal(str(conf.get("PRICE_OUT", 0))),
     )
