@@ -63,3 +63,36 @@ def test_the_admin_saves_budgets_through_the_service(client):
     assert response.status_code == 302
     assert AgentCostBudget.objects.get().daily_limit == Decimal("5")
     assert AuditEvent.objects.get(action=AuditAction.COST_BUDGET_CHANGED).actor_label == "gov"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_spending_adds_up_exactly():
+    import threading
+
+    from django.db import connection, connections
+
+    from tests.conftest import postgres_only
+
+    if connection.vendor != "postgresql":
+        pytest.skip(postgres_only().kwargs["reason"])
+    # given a budget on a day that has just ended, and 6 workers spending 10 x 0.01 each as the new day starts
+    cost_budget_set(agent_key="busy", daily_limit=Decimal("100"), actor=ADMIN)
+    cost_budget_consume(agent_key="busy", cost=Decimal("5"), today=DAY1)
+    barrier = threading.Barrier(6)
+
+    def spend():
+        try:
+            barrier.wait()
+            for _ in range(10):
+                cost_budget_consume(agent_key="busy", cost=Decimal("0.01"), today=DAY2)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=spend) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    # then the new day counts every spend once and nothing of the old day
+    budget = AgentCostBudget.objects.get(agent_key="busy")
+    assert (budget.day, budget.spent) == (DAY2, Decimal("0.60"))

@@ -163,3 +163,24 @@ def test_agent_replay_command_prints_the_comparison(claim_generator, capsys):
     call_command("agent_replay", "claims.intake", "9", "--last", "5")
     out = capsys.readouterr().out
     assert "errors: 1" in out and "agreement: 0.0" in out
+
+
+def test_live_agreement_compares_proposals_with_final_decisions_on_closed_cases(claim_generator):
+    # given one claim approved by the agent and one whose approval a person overturned (over the authority limit)
+    ok = submit(_collision_claims(claim_generator, ["2345.00"])[0])
+    big = submit(claim_generator.claim("over_limit"))
+    settle(ok.pk, big.pk)
+    esc = Escalation.objects.get(case=big)
+    assert (esc.step.key, esc.reason) == ("approval", "amount_over_limit")
+    user = get_user_model().objects.create(username="senior")
+    escalation_resolve(escalation_id=esc.pk, actor=Actor.user(user), resolution="reject", note="not our loss")
+    settle(big.pk)
+    # then the approval agent's live record: two closed cases, one agreement (approve vs the person's deny)
+    stats = versions.live_agreement("claims.approval", "1")
+    assert (stats["steps"], stats["escalated"], stats["closed"], stats["agreed"], stats["agreement"]) == (
+        2,
+        1,
+        2,
+        1,
+        0.5,
+    )
