@@ -37,6 +37,11 @@ class AuditAction(models.TextChoices):
     ESCALATION_APPROVAL_PENDING = "escalation.approval_pending", "First approval recorded (four-eyes)"
     ESCALATION_SLA_BREACHED = "escalation.sla_breached", "Escalation SLA breached"
     ESCALATION_RETRY_SUCCEEDED = "escalation.retry_succeeded", "Returned step succeeded"
+    RULE_AGENT_SAVED = "agent.rules_saved", "Rule agent version saved"
+    AGENT_VERSION_CHANGED = "agent.version_changed", "Agent version rollout changed"
+    AGENT_REPLAYED = "agent.replayed", "Agent version replayed on closed cases"
+    MODEL_TRAINED = "agent.model_trained", "Agent model trained"
+    COST_BUDGET_CHANGED = "governance.cost_budget_changed", "Agent cost budget changed"
 
 
 class AuditEvent(models.Model):

@@ -92,3 +92,23 @@ class StopSwitch(models.Model):
 
     def __str__(self) -> str:
         return f"stop {self.scope}:{self.target or '*'} ({'engaged' if self.engaged else 'released'})"
+
+
+class AgentCostBudget(models.Model):
+    """An optional daily ceiling on what one agent may spend on paid calls (a language model's tokens). ``spent``
+    counts today's money (UTC day ``day``); when it reaches ``daily_limit`` new work for that agent goes to people
+    (escalation reason ``cost_budget_exhausted``) instead of failing."""
+
+    agent_key = models.CharField(max_length=100, unique=True)
+    daily_limit = models.DecimalField(max_digits=12, decimal_places=4)
+    day = models.DateField(null=True, blank=True)
+    spent = models.DecimalField(max_digits=14, decimal_places=6, default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(daily_limit__gte=0), name="cost_budget_limit_non_negative"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.agent_key}: {self.spent} of {self.daily_limit} on {self.day}"

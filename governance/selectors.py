@@ -50,3 +50,16 @@ def current_policies() -> dict[str, PolicySnapshot]:
         for version in PolicyVersion.objects.select_related("policy").filter(pk__in=missing):
             _snapshots[version.pk] = PolicySnapshot.from_version(version)
     return {key: _snapshots[vid] for key, vid in current.items()}
+
+
+def cost_budget_exhausted(agent_key: str, *, today=None) -> dict | None:
+    """The agent's budget when today's spending has reached its daily limit, else None (also without a budget)."""
+    from django.utils import timezone
+
+    from governance.models import AgentCostBudget
+
+    today = today or timezone.now().date()
+    budget = AgentCostBudget.objects.filter(agent_key=agent_key).values("daily_limit", "spent", "day").first()
+    if budget is None or budget["day"] != today:
+        return None if budget is None or budget["daily_limit"] > 0 else {**budget, "spent": 0}
+    return budget if budget["spent"] >= budget["daily_limit"] else None

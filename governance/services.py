@@ -134,3 +134,59 @@ def stop_release(*, scope: str, target: str = "", reason: str, actor: Actor) -> 
         )
         transaction.on_commit(lambda: stop_released.send(sender=StopSwitch, scope=switch.scope, target=switch.target))
     return switch
+
+
+# --- per-agent daily cost budgets ----------------------------------------------------------------------------------
+
+
+def cost_budget_set(*, agent_key: str, daily_limit: Decimal | None, actor: Actor):
+    """Set (or, with ``None``, remove) an agent's daily cost ceiling; audited."""
+    from governance.models import AgentCostBudget
+
+    if daily_limit is not None:
+        daily_limit = Decimal(str(daily_limit))
+        if not daily_limit.is_finite() or daily_limit < 0:
+            raise GovernanceError("a daily cost limit must be zero or more", fields={"daily_limit": "must be >= 0"})
+    with transaction.atomic():
+        before = AgentCostBudget.objects.select_for_update().filter(agent_key=agent_key).first()
+        if daily_limit is None:
+            AgentCostBudget.objects.filter(agent_key=agent_key).delete()
+            budget = None
+        else:
+            budget, _ = AgentCostBudget.objects.update_or_create(
+                agent_key=agent_key, defaults={"daily_limit": daily_limit}
+            )
+        audit_record(
+            actor=actor,
+            action=AuditAction.COST_BUDGET_CHANGED,
+            subject_type="governance.agentcostbudget",
+            subject_id=agent_key,
+            subject_label=f"cost budget of {agent_key}",
+            data={
+                "before": str(before.daily_limit) if before else None,
+                "after": str(daily_limit) if daily_limit is not None else None,
+            },
+        )
+    return budget
+
+
+def cost_budget_consume(*, agent_key: str, cost: Decimal, today=None) -> None:
+    """Count money an agent just spent against its budget (if it has one). Two conditional UPDATEs, no lock held
+    across a call: the first moves a budget still on an earlier day to today, the second adds to today's."""
+    from django.db.models import F
+
+    from governance.models import AgentCostBudget
+
+    cost = Decimal(str(cost or 0))
+    if cost <= 0:
+        return
+    today = today or timezone.now().date()
+    rolled = (
+        AgentCostBudget.objects.filter(agent_key=agent_key)
+        .exclude(day=today)
+        .update(day=today, spent=cost, updated_at=timezone.now())
+    )
+    if not rolled:
+        AgentCostBudget.objects.filter(agent_key=agent_key, day=today).update(
+            spent=F("spent") + cost, updated_at=timezone.now()
+        )

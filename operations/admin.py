@@ -1,6 +1,28 @@
-from django.contrib import admin
+import json
 
-from operations.models import Case, Escalation, OutboxEntry, ReferenceRecord, Step, StepRun, Workflow
+from django import forms
+from django.contrib import admin, messages
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html
+
+from audit.actors import Actor
+from operations.agents import versions as agent_versions
+from operations.agents.rules import rule_agent_save, rule_agent_try, rule_errors
+from operations.errors import DomainError
+from operations.models import (
+    AgentVersion,
+    Case,
+    Escalation,
+    ModelArtifact,
+    OutboxEntry,
+    ReferenceRecord,
+    RuleAgentVersion,
+    Step,
+    StepRun,
+    Workflow,
+)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -69,3 +91,152 @@ class ReferenceRecordAdmin(ReadOnlyAdmin):
     list_display = ("namespace", "key")
     list_filter = ("namespace",)
     search_fields = ("key",)
+
+
+# --- agents: rule agents (with a test panel), versions and their rollout, trained models ---------------------------
+
+
+RULES_HELP = (
+    'An ordered JSON list of rules, e.g. [{"id": "small-glass", "when": "payload.claim_type == \'auto_glass\' && '
+    'double(payload.amount_claimed) < 500.0", "outcome": "assessed", "action": "estimate", "amount": '
+    '"double(payload.amount_claimed) - double(context.deductible)", "confidence": 0.9}]. when, amount and confidence '
+    "are CEL expressions over payload, context and case; the first rule that holds decides."
+)
+
+
+class RuleAgentVersionForm(forms.ModelForm):
+    rules = forms.JSONField(help_text=RULES_HELP, widget=forms.Textarea(attrs={"rows": 16, "cols": 100}))
+
+    class Meta:
+        model = RuleAgentVersion
+        fields = ("agent_key", "version", "description", "rules")
+
+    def clean_rules(self):
+        rules = self.cleaned_data["rules"]
+        if errors := rule_errors(rules):
+            raise forms.ValidationError([f"{where}: {message}" for where, message in errors.items()])
+        return rules
+
+
+class TryRulesForm(forms.Form):
+    payload = forms.JSONField(widget=forms.Textarea(attrs={"rows": 12, "cols": 100}))
+    context = forms.JSONField(required=False, widget=forms.Textarea(attrs={"rows": 6, "cols": 100}))
+
+
+@admin.register(RuleAgentVersion)
+class RuleAgentVersionAdmin(admin.ModelAdmin):
+    form = RuleAgentVersionForm
+    list_display = ("agent_key", "version", "status", "created_by", "created_at", "test_panel")
+    list_filter = ("status", "agent_key")
+
+    def get_readonly_fields(self, request, obj=None):
+        # a saved version never changes: a new one is saved instead, and goes live only through the rollout
+        if obj is not None:
+            return ("agent_key", "version", "description", "rules_json", "status", "created_by", "test_panel")
+        return ()
+
+    def get_fields(self, request, obj=None):
+        if obj is not None:
+            return self.get_readonly_fields(request, obj)
+        return ("agent_key", "version", "description", "rules")
+
+    @admin.display(description="rules")
+    def rules_json(self, obj):
+        return format_html("<pre>{}</pre>", json.dumps(obj.rules, indent=2, ensure_ascii=False))
+
+    @admin.display(description="test panel")
+    def test_panel(self, obj):
+        return format_html(
+            '<a href="{}">try it on a payload</a>', reverse("admin:operations_ruleagent_try", args=[obj.pk])
+        )
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def save_model(self, request, obj, form, change):
+        saved = rule_agent_save(
+            agent_key=obj.agent_key,
+            version=obj.version,
+            rules=obj.rules,
+            description=obj.description,
+            actor=Actor.user(request.user),
+        )
+        obj.pk, obj.status, obj.created_at = saved.pk, saved.status, saved.created_at
+
+    def get_urls(self):
+        return [
+            path("<int:pk>/try/", self.admin_site.admin_view(self.try_view), name="operations_ruleagent_try"),
+            *super().get_urls(),
+        ]
+
+    def try_view(self, request, pk: int):
+        version = get_object_or_404(RuleAgentVersion, pk=pk)
+        form = TryRulesForm(request.POST or None)
+        proposal, error = None, ""
+        if request.method == "POST" and form.is_valid():
+            try:
+                proposal = rule_agent_try(
+                    rules=version.rules, payload=form.cleaned_data["payload"], context=form.cleaned_data["context"]
+                )
+            except DomainError as exc:
+                error = exc.message
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Try {version}",
+            "version": version,
+            "form": form,
+            "proposal": proposal.as_dict() if proposal else None,
+            "error": error,
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "admin/operations/ruleagentversion/try.html", context)
+
+
+class CanaryForm(forms.Form):
+    share = forms.DecimalField(min_value=0, max_value=1, decimal_places=3, initial="0.1")
+
+
+@admin.register(AgentVersion)
+class AgentVersionAdmin(ReadOnlyAdmin):
+    list_display = ("agent_key", "version", "kind", "source", "status", "canary_share", "updated_at")
+    list_filter = ("status", "kind", "agent_key")
+    actions = ["replay_last_50", "canary_10", "promote", "rollback"]
+
+    def has_change_permission(self, request, obj=None):
+        return request.user.is_superuser or request.user.has_perm("operations.change_agentversion")
+
+    def _each(self, request, queryset, fn, done: str):
+        for row in queryset:
+            try:
+                fn(agent_key=row.agent_key, version=row.version, actor=Actor.user(request.user))
+            except DomainError as exc:
+                self.message_user(request, f"{row}: {exc.message}", level=messages.ERROR)
+            else:
+                self.message_user(request, f"{row.agent_key} {row.version}: {done}")
+
+    @admin.action(description="Replay on the last 50 closed cases")
+    def replay_last_50(self, request, queryset):
+        self._each(request, queryset, lambda **kw: agent_versions.agent_replay(last=50, **kw), "replayed")
+
+    @admin.action(description="Start a 10% canary")
+    def canary_10(self, request, queryset):
+        self._each(
+            request,
+            queryset,
+            lambda **kw: agent_versions.agent_version_start_canary(share="0.1", **kw),
+            "canary on 10% of new cases",
+        )
+
+    @admin.action(description="Promote to live")
+    def promote(self, request, queryset):
+        self._each(request, queryset, agent_versions.agent_version_promote, "live")
+
+    @admin.action(description="Roll back (take out of traffic)")
+    def rollback(self, request, queryset):
+        self._each(request, queryset, agent_versions.agent_version_rollback, "rolled back")
+
+
+@admin.register(ModelArtifact)
+class ModelArtifactAdmin(ReadOnlyAdmin):
+    list_display = ("agent_key", "version", "training_rows", "training_digest", "created_at")
+    list_filter = ("agent_key",)

@@ -35,7 +35,8 @@ from audit.services import audit_event, audit_record_many
 from governance.evaluation import PolicySnapshot, Reason, Verdict, evaluate
 from governance.models import AutonomyLevel
 from governance.selectors import current_policies, engaged_stops
-from operations.agents import AgentContext, Proposal, ProposalError, get_agent
+from operations.agents import AgentContext, Proposal, ProposalError
+from operations.agents import versions as agent_versions
 from operations.models import (
     TERMINAL_COMPLETE,
     TERMINAL_REJECT,
@@ -299,7 +300,13 @@ def _decide_step(tx: StepTx, policies: _PolicyCache) -> Next | None:
         _park(tx, WaitReason.AGENT_OFF, data={"step": step.key, "policy_version": policy.version})
         return None
 
-    registered = get_agent(step.agent_key)
+    registered = agent_versions.resolve(step.agent_key, case)
+    if registered is not None and registered.hold_reason:  # e.g. the agent's daily cost budget is spent
+        verdict = Verdict(
+            decision="escalate", reasons=(Reason(code=registered.hold_reason, message=registered.hold_message),)
+        )
+        open_escalation(tx, step, None, None, verdict)
+        return Next.STOP
     started_at = timezone.now()
     t0 = time.perf_counter()
     try:
@@ -433,6 +440,7 @@ def _step_run(tx, step, status, started_at, t0, registered, *, proposal=None, ve
             finished_at=timezone.now(),
             duration_ms=(time.perf_counter() - t0) * 1000,
             error=error[:2000],
+            **agent_versions.charge(registered),
         )
     )
 

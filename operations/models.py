@@ -194,6 +194,12 @@ class StepRun(models.Model):
     finished_at = models.DateTimeField()
     duration_ms = models.FloatField(default=0)
     error = models.TextField(blank=True)
+    # language-model agents: what the call cost (empty for other kinds)
+    llm_model = models.CharField(max_length=100, blank=True)
+    prompt_version = models.CharField(max_length=50, blank=True)
+    tokens_in = models.PositiveIntegerField(null=True, blank=True)
+    tokens_out = models.PositiveIntegerField(null=True, blank=True)
+    cost = models.DecimalField(max_digits=12, decimal_places=6, null=True, blank=True)
 
     class Meta:
         # (case, step, attempt) is not unique: a step returned to its agent by a supervisor starts a new round of
@@ -343,3 +349,121 @@ class ReferenceRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.namespace}:{self.key}"
+
+
+# --- agents: kinds, versions and their rollout, rule agents, trained models ------------------------------------------
+
+
+class AgentKind(models.TextChoices):
+    CODE = "code", "Code (a registered Python function)"
+    RULE = "rule", "Rules (CEL expressions configured in the admin)"
+    ML = "ml", "Machine learning (a trained model)"
+    LLM = "llm", "Language model (a chat-completions endpoint)"
+
+
+class AgentVersionStatus(models.TextChoices):
+    DRAFT = "draft", "Draft"
+    REPLAYING = "replaying", "Replaying"
+    CANARY = "canary", "Canary"
+    LIVE = "live", "Live"
+    RETIRED = "retired", "Retired"
+
+
+class RuleAgentVersion(models.Model):
+    """An agent defined without a deploy: an ordered list of CEL rules over the case (``payload``, ``context``,
+    ``case``); the first rule whose ``when`` holds gives the outcome, action, amount and confidence. A version never
+    changes once it left draft; it takes traffic only through the rollout (``AgentVersion``)."""
+
+    agent_key = models.CharField(max_length=100)
+    version = models.CharField(max_length=50)
+    description = models.TextField(blank=True)
+    # [{"id", "when", "outcome", "action", "amount", "confidence", "rationale"}], in order
+    rules = models.JSONField(default=list, encoder=DjangoJSONEncoder)
+    status = models.CharField(max_length=16, choices=AgentVersionStatus.choices, default=AgentVersionStatus.DRAFT)
+    created_by = models.CharField(max_length=150, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["agent_key", "version"],
+                name="rule_agent_version_unique",
+                violation_error_message="This rule agent already has a version with that name.",
+            ),
+        ]
+        ordering = ["agent_key", "-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.agent_key} {self.version} (rules)"
+
+
+class AgentVersion(models.Model):
+    """One version of an agent in the rollout: what kind it is, where its implementation comes from (``source``: a
+    registered agent key, a rule agent version, or for ML ``model_key@artifact_version`` to pin the model), and
+    whether it takes traffic — all of it (live),
+    a share of new cases (canary), or none. Replay results and live agreement are shown beside the live version."""
+
+    agent_key = models.CharField(max_length=100)
+    version = models.CharField(max_length=50)
+    kind = models.CharField(max_length=8, choices=AgentKind.choices, default=AgentKind.CODE)
+    source = models.CharField(max_length=150, blank=True, help_text="Registered agent key or model key; empty: same.")
+    status = models.CharField(max_length=16, choices=AgentVersionStatus.choices, default=AgentVersionStatus.DRAFT)
+    canary_share = models.DecimalField(max_digits=4, decimal_places=3, default=0)
+    description = models.TextField(blank=True)
+    replay = models.JSONField(default=dict, blank=True, encoder=DjangoJSONEncoder)
+    created_by = models.CharField(max_length=150, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["agent_key", "version"],
+                name="agent_version_unique",
+                violation_error_message="This agent already has a version with that name.",
+            ),
+            models.UniqueConstraint(
+                fields=["agent_key"],
+                condition=Q(status="live"),
+                name="agent_version_one_live",
+                violation_error_message="An agent has at most one live version.",
+            ),
+            models.UniqueConstraint(
+                fields=["agent_key"],
+                condition=Q(status="canary"),
+                name="agent_version_one_canary",
+                violation_error_message="An agent has at most one canary version.",
+            ),
+            models.CheckConstraint(condition=Q(canary_share__gte=0, canary_share__lte=1), name="agent_canary_0_1"),
+        ]
+        ordering = ["agent_key", "-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.agent_key} {self.version} ({self.kind}, {self.status})"
+
+
+class ModelArtifact(models.Model):
+    """A trained model of an ML agent: the file it was saved to, the digest of the training set, the holdout
+    metrics next to a naive baseline's, and when it was trained. The newest artifact of a key serves that key."""
+
+    agent_key = models.CharField(max_length=100)
+    version = models.CharField(max_length=50)
+    path = models.CharField(max_length=500)
+    training_digest = models.CharField(max_length=64)
+    training_rows = models.PositiveIntegerField(default=0)
+    metrics = models.JSONField(default=dict, encoder=DjangoJSONEncoder)
+    created_by = models.CharField(max_length=150, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["agent_key", "version"],
+                name="model_artifact_unique",
+                violation_error_message="This model already has an artifact with that version.",
+            ),
+        ]
+        ordering = ["agent_key", "-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.agent_key} model {self.version}"

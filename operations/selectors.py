@@ -65,10 +65,14 @@ def case_timeline(*, case) -> list:
 
 def clear_caches() -> None:
     """Forget cached workflow data (tests, whose rolled-back ids can be reused)."""
+    from operations.agents import ml, rules, versions
     from operations.services import _validators
 
     _steps.clear()
     _validators.clear()
+    rules.clear_caches()
+    ml.clear_caches()
+    versions.clear_caches()
 
 
 # --- portal -----------------------------------------------------------------------------------------------------
@@ -124,3 +128,31 @@ def case_detail_parts(*, user, case) -> dict:
         "outbox": list(OutboxEntry.objects.filter(case=case).order_by("id")),
         "timeline": case_timeline(case=case),
     }
+
+
+def agent_stats(*, since=None) -> list[dict]:
+    """Per agent and version since ``since`` (default: the last 24 hours): steps, failures, escalations, time per step
+    and, for language-model agents, tokens and money. One aggregate query; the dashboard's agent table reads it."""
+    from datetime import timedelta
+
+    from django.db.models import Avg, Count, Max, Q, Sum
+    from django.utils import timezone
+
+    from operations.models import StepRun, StepRunStatus
+
+    since = since or timezone.now() - timedelta(days=1)
+    return list(
+        StepRun.objects.filter(started_at__gte=since)
+        .values("agent_key", "agent_version")
+        .annotate(
+            steps=Count("id"),
+            failed=Count("id", filter=Q(status__in=(StepRunStatus.FAILED, StepRunStatus.LOST))),
+            escalated=Count("id", filter=Q(status=StepRunStatus.ESCALATED)),
+            avg_ms=Avg("duration_ms"),
+            max_ms=Max("duration_ms"),
+            tokens_in=Sum("tokens_in"),
+            tokens_out=Sum("tokens_out"),
+            cost=Sum("cost"),
+        )
+        .order_by("agent_key", "agent_version")
+    )

@@ -16,4 +16,6 @@ urlpatterns = [
     path("escalations/<int:pk>/release", views.escalation_release_view, name="escalation-release"),
     path("cases/", views.case_list, name="cases"),
     path("cases/<int:pk>/", views.case_detail, name="case"),
+    path("agents/", views.agents, name="agents"),
+    path("agents/<str:agent_key>/<str:version>/<str:action>", views.agent_version_action, name="agent-version-action"),
 ]

@@ -344,3 +344,54 @@ def dashboard(request):
     if request.htmx and not request.htmx.boosted:
         return render(request, "operations/_dashboard.html", context)
     return render(request, "operations/dashboard.html", context)
+
+
+# --- agents: versions with replay results beside the live one, rollout in one click, cost and latency ---------------
+
+
+def _may_roll_out(user) -> bool:
+    return user.is_superuser or user.has_perm("operations.change_agentversion")
+
+
+@login_required
+def agents(request):
+    from operations.agents.versions import agent_versions_overview
+    from operations.selectors import agent_stats
+
+    return render(
+        request,
+        "operations/agents.html",
+        {"overview": agent_versions_overview(), "stats": agent_stats(), "may_roll_out": _may_roll_out(request.user)},
+    )
+
+
+@login_required
+@require_POST
+def agent_version_action(request, agent_key: str, version: str, action: str):
+    from django.core.exceptions import PermissionDenied
+
+    from operations.agents import versions as agent_versions
+
+    if not _may_roll_out(request.user):
+        raise PermissionDenied("only a governance admin changes agent rollouts")
+    actor = Actor.user(request.user)
+    calls = {
+        "replay": lambda: agent_versions.agent_replay(
+            agent_key=agent_key, version=version, last=int(request.POST.get("last") or 50), actor=actor
+        ),
+        "canary": lambda: agent_versions.agent_version_start_canary(
+            agent_key=agent_key, version=version, share=request.POST.get("share") or "0.1", actor=actor
+        ),
+        "promote": lambda: agent_versions.agent_version_promote(agent_key=agent_key, version=version, actor=actor),
+        "rollback": lambda: agent_versions.agent_version_rollback(agent_key=agent_key, version=version, actor=actor),
+    }
+    if action not in calls:
+        messages.error(request, f"unknown action {action}")
+        return redirect("portal:agents")
+    try:
+        calls[action]()
+    except (DomainError, ValueError, ArithmeticError) as exc:
+        messages.error(request, getattr(exc, "message", str(exc)))
+    else:
+        messages.success(request, f"{agent_key} {version}: {action} done.")
+    return redirect("portal:agents")

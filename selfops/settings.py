@@ -199,3 +199,16 @@ LOGGING = {
         "django-q": {"level": env.str("Q_LOG_LEVEL", default="WARNING")},
     },
 }
+
+# Language-model agents (operations/agents/llm.py): any OpenAI-compatible chat-completions endpoint; unset: agents
+# that can use one fall back to their templates. Prices are money per 1,000 tokens, for the per-step cost.
+SELFOPS_LLM = {
+    "BASE_URL": env.str("SELFOPS_LLM_BASE_URL", default=""),
+    "MODEL": env.str("SELFOPS_LLM_MODEL", default=""),
+    "API_KEY": env.str("SELFOPS_LLM_API_KEY", default=""),
+    "TIMEOUT": env.float("SELFOPS_LLM_TIMEOUT", default=8.0),  # two tries must fit in SELFOPS_AGENT_TIMEOUT
+    "PRICE_IN": env.str("SELFOPS_LLM_PRICE_IN", default="0"),
+    "PRICE_OUT": env.str("SELFOPS_LLM_PRICE_OUT", default="0"),
+}
+# Trained agent models (operations/agents/ml.py) are saved here
+SELFOPS_MODELS_DIR = VAR_DIR / "models"

@@ -1,4 +1,7 @@
-"""Helpers shared by tests: submitting demo claims and running the engine in-process."""
+"""Helpers shared by tests: people in roles and queues, submitting demo claims, running the engine in-process."""
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 
 from audit.actors import Actor
 from operations.engine import advance_case
@@ -23,3 +26,18 @@ def settle(*case_ids: int, rounds: int = 20) -> None:
         for pk in running:
             advance_case(pk)
     raise AssertionError(f"cases still running after {rounds} rounds")
+
+
+def make_user(username: str, *groups: str, **extra):
+    """A user in the given groups (roles and queues)."""
+    user = get_user_model().objects.create_user(
+        username, password="pw-" + username * 3, email=f"{username}@example.test", **extra
+    )
+    for name in groups:
+        user.groups.add(Group.objects.get_or_create(name=name)[0])
+    return user
+
+
+def senior_user(username: str):
+    """A senior supervisor of both claims queues: may resolve any demo escalation."""
+    return make_user(username, "Senior supervisor", "Claims handlers", "Special investigations")

@@ -6,6 +6,7 @@ proposal before any effect. Anything else it returns, raises or takes too long o
 
 from __future__ import annotations
 
+import contextvars
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -111,24 +112,80 @@ class RegisteredAgent:
     version: str
     fn: Callable[[AgentContext], Proposal]
     description: str = ""
+    kind: str = "code"
 
 
 _registry: dict[str, RegisteredAgent] = {}
+_versions: dict[tuple[str, str], RegisteredAgent] = {}
 
 
-def agent(key: str, *, version: str = "1", description: str = ""):
-    """Register ``fn(ctx) -> Proposal`` as the agent ``key``."""
+def agent(key: str, *, version: str = "1", description: str = "", kind: str = "code"):
+    """Register ``fn(ctx) -> Proposal`` as the agent ``key`` (at ``version``; the last registration of a key is its
+    default, every registered version stays reachable for the rollout)."""
 
     def register(fn):
-        _registry[key] = RegisteredAgent(key=key, version=version, fn=fn, description=description or fn.__doc__ or "")
+        registered = RegisteredAgent(
+            key=key, version=version, fn=fn, description=description or fn.__doc__ or "", kind=kind
+        )
+        _registry[key] = registered
+        _versions[(key, version)] = registered
         return fn
 
     return register
 
 
 def get_agent(key: str) -> RegisteredAgent | None:
-    return _registry.get(key)
+    """The agent registered in code under ``key``, else the live rule agent defined in the admin (cached by
+    version)."""
+    registered = _registry.get(key)
+    if registered is not None:
+        return registered
+    from operations.agents.rules import live_rule_agent
+
+    return live_rule_agent(key)
+
+
+def get_agent_version(key: str, version: str) -> RegisteredAgent | None:
+    return _versions.get((key, version))
 
 
 def registered_agents() -> dict[str, RegisteredAgent]:
     return dict(_registry)
+
+
+# --- what one agent call cost (tokens, money), reported by the agent and stored on its StepRun --------------------
+
+_usage: contextvars.ContextVar[dict | None] = contextvars.ContextVar("selfops_agent_usage", default=None)
+
+
+def record_usage(*, model: str = "", prompt_version: str = "", tokens_in: int = 0, tokens_out: int = 0, cost=0):
+    """Add a paid call's usage to the step being run (no-op outside a step)."""
+    meter = _usage.get()
+    if meter is None:
+        return
+    meter["llm_model"] = model or meter.get("llm_model", "")
+    meter["prompt_version"] = prompt_version or meter.get("prompt_version", "")
+    meter["tokens_in"] = (meter.get("tokens_in") or 0) + int(tokens_in or 0)
+    meter["tokens_out"] = (meter.get("tokens_out") or 0) + int(tokens_out or 0)
+    meter["cost"] = (meter.get("cost") or Decimal(0)) + Decimal(str(cost or 0))
+
+
+@dataclass
+class ResolvedAgent:
+    """The agent version chosen for one step of one case (``operations.agents.versions.resolve``): calling ``fn``
+    runs it and collects its usage; ``hold_reason`` set means the step must go to people without running it."""
+
+    key: str
+    version: str
+    kind: str
+    impl: Callable[[AgentContext], Proposal]
+    hold_reason: str = ""
+    hold_message: str = ""
+    usage: dict = field(default_factory=dict)
+
+    def fn(self, ctx: AgentContext) -> Proposal:
+        token = _usage.set(self.usage)
+        try:
+            return self.impl(ctx)
+        finally:
+            _usage.reset(token)

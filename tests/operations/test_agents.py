@@ -34,6 +34,7 @@ def test_proposals_that_break_the_contract_are_refused(kwargs, message):
         Proposal(**kwargs)
 
 
+@pytest.mark.django_db  # an unknown key falls back to the rule agents defined in the admin
 def test_the_registry_finds_agents_by_key_with_their_version():
     @agent("test.registry", version="7")
     def fn(ctx):

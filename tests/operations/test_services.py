@@ -2,7 +2,6 @@ import threading
 from decimal import Decimal
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.db import close_old_connections, connection
 
 from audit.actors import Actor
@@ -11,26 +10,16 @@ from operations import engine
 from operations.errors import Conflict, ValidationFailed
 from operations.models import Case, CaseStatus, Escalation, EscalationStatus, OutboxEntry, OutboxKind, Resolution
 from operations.services import case_submit, escalation_resolve, outbox_deliver
-from tests.helpers import settle, submit
+from tests.helpers import senior_user, settle, submit
 
 pytestmark = pytest.mark.django_db
-
-
-def _senior(username):
-    """A senior supervisor of both claims queues (the portal scopes resolution by role and queue)."""
-    from django.contrib.auth.models import Group
-
-    user = get_user_model().objects.create_user(username, password="x" * 12)
-    for name in ("Senior supervisor", "Claims handlers", "Special investigations"):
-        user.groups.add(Group.objects.get_or_create(name=name)[0])
-    return user
 
 
 @pytest.fixture
 def supervisor(db, settings):
     # one person decides alone here; four-eyes has its own tests (tests/operations/test_portal_services.py)
     settings.SELFOPS = {**settings.SELFOPS, "FOUR_EYES_AMOUNT": "1000000", "SENIOR_APPROVAL_LIMIT": "1000000"}
-    return Actor.user(_senior("sam"))
+    return Actor.user(senior_user("sam"))
 
 
 def _escalated(generator, scenario="over_limit") -> Escalation:
@@ -200,7 +189,7 @@ def test_two_people_resolving_at_once_one_wins_nothing_applied_twice(claims_work
         pytest.skip("row-lock concurrency is tested on PostgreSQL")
     settings.SELFOPS = {**settings.SELFOPS, "FOUR_EYES_AMOUNT": "1000000", "SENIOR_APPROVAL_LIMIT": "1000000"}
     escalation = _escalated(ClaimGenerator(policies_in_db(), seed=9))
-    users = [Actor.user(_senior(n)) for n in ("ann", "bob")]
+    users = [Actor.user(senior_user(n)) for n in ("ann", "bob")]
     barrier = threading.Barrier(2)
     results = []
 

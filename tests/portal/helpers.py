@@ -2,24 +2,12 @@
 
 from decimal import Decimal
 
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Group
-
 from audit.actors import Actor
 from operations import engine
 from operations.models import Escalation, EscalationStatus
-from tests.helpers import submit
+from tests.helpers import make_user, submit  # noqa: F401  (make_user re-exported for the portal tests)
 
 HANDLERS, SIU = "Claims handlers", "Special investigations"
-
-
-def make_user(username: str, *groups: str, **extra):
-    user = get_user_model().objects.create_user(
-        username, password="pw-" + username * 3, email=f"{username}@example.test", **extra
-    )
-    for name in groups:
-        user.groups.add(Group.objects.get_or_create(name=name)[0])
-    return user
 
 
 def escalate(generator, scenario: str = "over_limit", *, amount: Decimal | None = None, queue: str = "") -> Escalation:

@@ -182,6 +182,9 @@ def assessment(ctx: AgentContext) -> Proposal:
     )
 
 
+REFER_CLAUSE = "Clause 7.1: the claim was reviewed by special investigations."
+
+
 def fraud_signals(ctx: AgentContext) -> dict[str, float]:
     p = ctx.payload
     claimed = _claimed(p)
@@ -220,7 +223,7 @@ def approval(ctx: AgentContext) -> Proposal:
             data={
                 **data,
                 "letter": "denial",
-                "denial_clause": "Clause 7.1: the claim was reviewed by special investigations.",
+                "denial_clause": REFER_CLAUSE,
             },
         )
     if payable <= 0:
@@ -282,7 +285,39 @@ LETTERS = {
 }
 
 
-@agent("claims.communication", description="Writes the customer's letter for the outcome.")
+LETTER_PROMPT_VERSION = "letter-v1"
+LETTER_SCHEMA = {
+    "type": "object",
+    "required": ["subject", "body"],
+    "additionalProperties": False,
+    "properties": {
+        "subject": {"type": "string", "minLength": 5, "maxLength": 200},
+        "body": {"type": "string", "minLength": 40, "maxLength": 6000},
+    },
+}
+LETTER_SYSTEM = (
+    "You write short, clear and courteous letters from an insurer's claims team to a customer. Use only the facts "
+    "given; never invent amounts, dates or clauses. A denial must say that the customer may contest it and ask for a "
+    "review by a person within 60 days (GDPR Art. 22(3))."
+)
+
+
+def _draft_with_llm(kind: str, fields: dict, template_subject: str, template_body: str) -> dict:
+    from operations.agents.llm import ask_json
+
+    facts = {k: v for k, v in fields.items() if v}
+    answer = ask_json(
+        system=LETTER_SYSTEM,
+        user=f"Write the {kind} letter. Facts: {facts}. The template letter for reference:\n{template_body}",
+        schema=LETTER_SCHEMA,
+        prompt_version=LETTER_PROMPT_VERSION,
+    )
+    if kind == "denial" and "22(3)" not in answer["body"]:
+        answer["body"] += "\n\n" + template_body.split("\n\n")[2]  # the right to contest is never left out
+    return answer
+
+
+@agent("claims.communication", description="Writes the customer's letter for the outcome.", kind="llm")
 def communication(ctx: AgentContext) -> Proposal:
     kind = ctx.context.get("letter") or "denial"
     outcome, subject, body = LETTERS[kind]
@@ -295,17 +330,20 @@ def communication(ctx: AgentContext) -> Proposal:
         "clause": ctx.context.get("denial_clause", ""),
         "missing": "; ".join(ctx.context.get("missing") or []),
     }
+    subject, body = subject.format(**fields), body.format(**fields)
+    from operations.agents.llm import llm_configured
+
+    drafted_by = "template"
+    if llm_configured():
+        answer = _draft_with_llm(kind, fields, subject, body)
+        subject, body, drafted_by = answer["subject"], answer["body"], "llm"
     return Proposal(
         outcome=outcome,
         action="send_letter",
         confidence=1.0,
-        rationale=f"{kind} letter",
+        rationale=f"{kind} letter ({drafted_by})",
         data={
-            "effect": {
-                "to": claimant["email"],
-                "subject": subject.format(**fields),
-                "body": body.format(**fields),
-                "letter": kind,
-            }
+            "effect": {"to": claimant["email"], "subject": subject, "body": body, "letter": kind},
+            "letter_drafted_by": drafted_by,
         },
     )

@@ -1,0 +1,120 @@
+"""LLM agents: a JSON answer from any OpenAI-compatible chat-completions endpoint, validated against a JSON Schema.
+
+The endpoint, model and key come from the environment (``SELFOPS_LLM_BASE_URL``, ``SELFOPS_LLM_MODEL``,
+``SELFOPS_LLM_API_KEY``; prices per thousand tokens in ``SELFOPS_LLM_PRICE_IN`` / ``SELFOPS_LLM_PRICE_OUT``). An answer
+that is not JSON or does not match the schema is asked for once more with the error; a second bad answer, a timeout
+or an HTTP error raises ``LLMError``, which the engine counts as an agent error. Every call's tokens and cost are
+recorded on the step (``record_usage``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from decimal import Decimal
+
+import openai
+from django.conf import settings
+from jsonschema import Draft202012Validator
+
+from operations.agents import record_usage
+
+
+class LLMError(RuntimeError):
+    """The language model did not give a usable answer."""
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    base_url: str
+    model: str
+    api_key: str = ""
+    timeout: float = 8.0
+    price_in: Decimal = Decimal(0)  # per 1,000 prompt tokens
+    price_out: Decimal = Decimal(0)  # per 1,000 completion tokens
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.base_url and self.model)
+
+    def cost(self, tokens_in: int, tokens_out: int) -> Decimal:
+        return ((self.price_in * tokens_in + self.price_out * tokens_out) / 1000).quantize(Decimal("0.000001"))
+
+
+def llm_config() -> LLMConfig:
+    conf = getattr(settings, "SELFOPS_LLM", {}) or {}
+    return LLMConfig(
+        base_url=conf.get("BASE_URL", ""),
+        model=conf.get("MODEL", ""),
+        api_key=conf.get("API_KEY", ""),
+        timeout=float(conf.get("TIMEOUT", 8.0)),
+        price_in=Decimal(str(conf.get("PRICE_IN", 0))),
+        price_out=Decimal(str(conf.get("PRICE_OUT", 0))),
+    )
+
+
+def llm_configured() -> bool:
+    return llm_config().configured
+
+
+def _answer(content: str | None, validator: Draft202012Validator) -> tuple[dict | None, str]:
+    try:
+        answer = json.loads(content or "")
+    except ValueError as exc:
+        return None, f"the answer is not JSON: {exc}"
+    errors = sorted(validator.iter_errors(answer), key=lambda e: list(e.absolute_path))
+    if errors:
+        where = ".".join(str(p) for p in errors[0].absolute_path) or "answer"
+        return None, f"the answer does not match the schema at {where}: {errors[0].message}"
+    return answer, ""
+
+
+def ask_json(
+    *, system: str, user: str, schema: dict, prompt_version: str, config: LLMConfig | None = None, attempts: int = 2
+) -> dict:
+    """Ask for a JSON object matching ``schema``; one more try with the error when the answer is invalid."""
+    config = config or llm_config()
+    if not config.configured:
+        raise LLMError("no language model is configured (SELFOPS_LLM_BASE_URL, SELFOPS_LLM_MODEL)")
+    client = openai.OpenAI(
+        base_url=config.base_url, api_key=config.api_key or "unused", timeout=config.timeout, max_retries=0
+    )
+    validator = Draft202012Validator(schema)
+    messages = [
+        {
+            "role": "system",
+            "content": f"{system}\nAnswer with one JSON object matching this JSON Schema:\n{json.dumps(schema)}",
+        },
+        {"role": "user", "content": user},
+    ]
+    problem = ""
+    for _ in range(attempts):
+        try:
+            response = client.chat.completions.create(
+                model=config.model, messages=messages, response_format={"type": "json_object"}, temperature=0
+            )
+        except openai.APITimeoutError as exc:
+            raise LLMError(f"the language model did not answer within {config.timeout:g} s") from exc
+        except openai.APIStatusError as exc:
+            raise LLMError(f"the language model endpoint answered HTTP {exc.status_code}") from exc
+        except openai.OpenAIError as exc:
+            raise LLMError(f"the language model call failed: {type(exc).__name__}: {exc}") from exc
+        usage = getattr(response, "usage", None)
+        tokens_in = int(getattr(usage, "prompt_tokens", 0) or 0)
+        tokens_out = int(getattr(usage, "completion_tokens", 0) or 0)
+        record_usage(
+            model=getattr(response, "model", "") or config.model,
+            prompt_version=prompt_version,
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            cost=config.cost(tokens_in, tokens_out),
+        )
+        content = response.choices[0].message.content if response.choices else None
+        answer, problem = _answer(content, validator)
+        if answer is not None:
+            return answer
+        messages += [
+            {"role": "assistant", "content": content or ""},
+            {"role": "user", "content": f"That answer was invalid: {problem}. Answer again with valid JSON only."},
+        ]
+    raise LLMError(f"the language model gave no valid answer after {attempts} tries: {problem}")
