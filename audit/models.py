@@ -32,6 +32,10 @@ class AuditAction(models.TextChoices):
     STOP_ENGAGED = "stop.engaged", "Stop switch engaged"
     STOP_RELEASED = "stop.released", "Stop switch released"
     REFERENCE_LOADED = "reference.loaded", "Reference data loaded"
+    POLICY_PROMOTED = "policy.promoted", "Agent promoted"
+    POLICY_DEMOTED = "policy.demoted", "Agent demoted"
+    QA_OPENED = "qa.opened", "QA review opened"
+    QA_REVIEWED = "qa.reviewed", "QA review decided"
 
 
 class AuditEvent(models.Model):

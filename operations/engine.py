@@ -35,6 +35,7 @@ from audit.services import audit_event, audit_record_many
 from governance.evaluation import PolicySnapshot, Reason, Verdict, evaluate
 from governance.models import AutonomyLevel
 from governance.selectors import engaged_stops, policy_for_agent
+from governance.services import budget_consume, qa_review_open
 from operations.agents import AgentContext, Proposal, ProposalError, get_agent
 from operations.models import (
     TERMINAL_COMPLETE,
@@ -239,6 +240,8 @@ def _run_step(case_id: int, token: str, *, may_continue: bool) -> Next:
             return _finish(tx, Next.RETRY)
 
         verdict = evaluate(policy, proposal, case_view(case))
+        if verdict.allowed:  # budgets are consumed in this step's transaction; a spent budget escalates instead
+            verdict = budget_consume(policy=policy, proposal=proposal, verdict=verdict)
         status = StepRunStatus.SUCCEEDED if verdict.allowed else StepRunStatus.ESCALATED
         run = _step_run(case, step, status, started_at, t0, registered, proposal=proposal, verdict=verdict)
         tx.audit(
@@ -254,6 +257,7 @@ def _run_step(case_id: int, token: str, *, may_continue: bool) -> Next:
         )
         if verdict.allowed:
             apply_decision(tx, step, proposal, actor=_agent_actor(registered, step))
+            qa_review_open(policy=policy, case_id=case.pk, step_key=step.key, step_run_id=run.pk, proposal=run.proposal)
         else:
             open_escalation(tx, step, run, proposal, verdict)
 
