@@ -12,7 +12,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from governance.models import AutonomyLevel
-from governance.rules import CompiledRule, compile_rules, rule_context
+from governance.rules import CompiledRule, compile_rules, rule_context, rule_needs
 
 
 @dataclass(frozen=True)
@@ -69,10 +69,12 @@ class PolicySnapshot:
     # compiled once per snapshot (snapshots are cached per process by version id)
     compiled_rules: tuple[CompiledRule, ...] = field(default=(), init=False, compare=False, repr=False)
     rules_error: str = field(default="", init=False, compare=False, repr=False)
+    rules_needs: dict = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def __post_init__(self):
         try:
             object.__setattr__(self, "compiled_rules", compile_rules(list(self.rules)))
+            object.__setattr__(self, "rules_needs", rule_needs(self.compiled_rules))
         except ValueError as exc:  # stored rules are validated on publish; should one still break, fail closed
             object.__setattr__(self, "rules_error", str(exc))
 
@@ -190,7 +192,7 @@ def _rule_reasons(policy: PolicySnapshot, proposal: Any, case: dict, suffix: str
     if not policy.compiled_rules:
         return []
     reasons = []
-    context = rule_context(policy.compiled_rules, proposal, case)
+    context = rule_context(policy.rules_needs, proposal, case)
     for rule in policy.compiled_rules:
         try:
             result = rule.program.execute(context)

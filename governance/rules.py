@@ -44,7 +44,7 @@ class CompiledRule:
     message: str
     expression: str
     program: Any
-    case_fields: frozenset[str] | None  # top-level case fields the rule reads; None: the whole case
+    paths: tuple[tuple[str, tuple[str, ...]], ...]  # the field paths the rule names
 
 
 def rule_errors(rules: Any) -> dict[str, str]:
@@ -101,12 +101,34 @@ def expression_error(expression: str) -> str:
 
 
 def _paths(expression: str) -> list[tuple[str, list[str]]]:
+    """The dotted paths below ``proposal`` and ``case`` an expression names; a trailing method call (``.all(``,
+    ``.contains(``) is not a field."""
     code = _STRING.sub('""', expression)  # names inside string literals are not fields
-    return [
-        (m.group(1), [p.strip() for p in m.group(2).split(".") if p.strip()])
-        for m in _PATH.finditer(code)
-        if not code[m.end() :].lstrip().startswith("(")  # a method call on the variable itself, e.g. case.size()
-    ]
+    paths = []
+    for m in _PATH.finditer(code):
+        path = [p.strip() for p in m.group(2).split(".") if p.strip()]
+        if path and code[m.end() :].lstrip().startswith("("):
+            path = path[:-1]
+        paths.append((m.group(1), path))
+    return paths
+
+
+def _needs(paths: list[tuple[str, list[str]]]) -> dict:
+    """What of each variable rules read: {variable: None (all of it) | {field: None (all of it) | {keys}}}."""
+    needs: dict = {}
+    for variable, path in paths:
+        if variable in needs and needs[variable] is None:
+            continue
+        if not path:
+            needs[variable] = None
+            continue
+        fields = needs.setdefault(variable, {})
+        head = path[0]
+        if KNOWN_FIELDS[variable].get(head) is None or len(path) == 1:
+            fields[head] = None  # a scalar, or a whole map (indexed with [], passed to size(), …)
+        elif fields.get(head, set()) is not None:
+            fields.setdefault(head, set()).add(path[1])
+    return needs
 
 
 def compile_rules(rules: Any) -> tuple[CompiledRule, ...]:
@@ -116,8 +138,6 @@ def compile_rules(rules: Any) -> tuple[CompiledRule, ...]:
     compiled = []
     for rule in rules or ():
         expression = rule["expression"]
-        paths = _paths(expression)
-        whole_case = any(v == "case" and not p for v, p in paths)
         compiled.append(
             CompiledRule(
                 id=rule["id"],
@@ -125,31 +145,50 @@ def compile_rules(rules: Any) -> tuple[CompiledRule, ...]:
                 message=rule["message"],
                 expression=expression,
                 program=cel.compile(expression),
-                case_fields=None if whole_case else frozenset(p[0] for v, p in paths if v == "case"),
+                paths=tuple((v, tuple(p)) for v, p in _paths(expression)),
             )
         )
     return tuple(compiled)
+
+
+def rule_needs(rules: tuple[CompiledRule, ...]) -> dict:
+    """What of ``proposal`` and ``case`` a set of compiled rules reads (computed once per snapshot)."""
+    return _needs([(v, list(p)) for r in rules for v, p in r.paths])
 
 
 def _number(value: Decimal | float | int | None) -> float | None:
     return None if value is None else float(value)
 
 
-def rule_context(rules: tuple[CompiledRule, ...], proposal: Any, case: dict) -> cel.Context:
-    """The variables rules see, built once per proposal. Only the case fields some rule names are converted:
-    converting nested maps into CEL values is the expensive part of evaluating a rule."""
-    fields = None if any(r.case_fields is None for r in rules) else frozenset().union(*(r.case_fields for r in rules))
-    case_view = dict(case) if fields is None else {k: case[k] for k in fields if k in case}
-    return cel.Context(
-        {
-            "proposal": {
-                "outcome": proposal.outcome,
-                "action": proposal.action,
-                "amount": _number(proposal.amount),
-                "confidence": _number(proposal.confidence),
-                "rationale": getattr(proposal, "rationale", ""),
-                "data": getattr(proposal, "data", None) or {},
-            },
-            "case": case_view,
-        }
-    )
+def _project(value: dict, wanted) -> dict:
+    if wanted is None:
+        return value
+    view = {}
+    for name, keys in wanted.items():
+        if name not in value:
+            continue
+        item = value[name]
+        if keys is None or not isinstance(item, dict):
+            view[name] = item
+        else:
+            view[name] = {k: item[k] for k in keys if k in item}
+    return view
+
+
+def rule_context(needs: dict, proposal: Any, case: dict) -> cel.Context:
+    """The variables rules see, built once per proposal with only the fields some rule names: converting each map
+    entry into a CEL value costs microseconds, far more than evaluating the rule itself."""
+    proposal_view = {
+        "outcome": proposal.outcome,
+        "action": proposal.action,
+        "amount": _number(proposal.amount),
+        "confidence": _number(proposal.confidence),
+        "rationale": getattr(proposal, "rationale", ""),
+        "data": getattr(proposal, "data", None) or {},
+    }
+    variables = {}
+    if "proposal" in needs:
+        variables["proposal"] = _project(proposal_view, needs["proposal"])
+    if "case" in needs:
+        variables["case"] = _project(case, needs["case"])
+    return cel.Context(variables)
