@@ -3,7 +3,7 @@
 Each recorded ``StepRun`` holds the agent's proposal and the verdict it got; the draft is judged with the same pure
 ``evaluate()`` on the proposal and the case as submitted (payload, reference, workflow). Budgets and rates are not
 replayed (they depend on the order and timing of live traffic), and the case ``context`` at decision time is not
-recorded, so rules see an empty ``case.context`` (a rule that needs it fails closed). Rows are streamed with
+recorded, so rules see the case's context as it is now (earlier steps' decisions are in it). Rows are streamed with
 ``values_list().iterator()``, so memory stays flat.
 """
 
@@ -104,11 +104,13 @@ def backtest(draft_terms: dict, agent_key: str, since: datetime, until: datetime
         )
         .exclude(verdict__isnull=True)
         .order_by()
-        .values_list("case_id", "case__reference", "case__workflow__key", "case__payload", "proposal", "verdict")
+        .values_list(
+            "case_id", "case__reference", "case__workflow__key", "case__payload", "case__context", "proposal", "verdict"
+        )
         .iterator(chunk_size=2000)
     )
     reasons_after = report.reasons_after
-    for case_id, reference, workflow, payload, proposal_data, verdict_data in rows:
+    for case_id, reference, workflow, payload, context, proposal_data, verdict_data in rows:
         report.proposals += 1
         was_allowed = (verdict_data or {}).get("decision") == "allow"
         proposal = _proposal(proposal_data)
@@ -117,7 +119,7 @@ def backtest(draft_terms: dict, agent_key: str, since: datetime, until: datetime
             "reference": reference,
             "workflow": workflow,
             "payload": payload,
-            "context": {},
+            "context": context or {},
         }
         verdict = evaluate(draft, proposal, case)
         report.allowed_before += was_allowed

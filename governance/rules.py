@@ -114,20 +114,18 @@ def _paths(expression: str) -> list[tuple[str, list[str]]]:
 
 
 def _needs(paths: list[tuple[str, list[str]]]) -> dict:
-    """What of each variable rules read: {variable: None (all of it) | {field: None (all of it) | {keys}}}."""
+    """A trie of what rules read: {variable: {field: {key: ...}}}, where ``None`` means "all of it" (a scalar, or a
+    map that is indexed with [], passed to size(), compared whole, …)."""
     needs: dict = {}
     for variable, path in paths:
-        if variable in needs and needs[variable] is None:
-            continue
-        if not path:
-            needs[variable] = None
-            continue
-        fields = needs.setdefault(variable, {})
-        head = path[0]
-        if KNOWN_FIELDS[variable].get(head) is None or len(path) == 1:
-            fields[head] = None  # a scalar, or a whole map (indexed with [], passed to size(), …)
-        elif fields.get(head, set()) is not None:
-            fields.setdefault(head, set()).add(path[1])
+        node = needs
+        for name in [variable, *path][:-1]:
+            child = node.get(name, {})
+            if child is None:
+                break
+            node = node.setdefault(name, child)
+        else:
+            node[([variable, *path])[-1]] = None
     return needs
 
 
@@ -160,19 +158,10 @@ def _number(value: Decimal | float | int | None) -> float | None:
     return None if value is None else float(value)
 
 
-def _project(value: dict, wanted) -> dict:
-    if wanted is None:
+def _project(value: Any, wanted: dict | None) -> Any:
+    if wanted is None or not isinstance(value, dict):
         return value
-    view = {}
-    for name, keys in wanted.items():
-        if name not in value:
-            continue
-        item = value[name]
-        if keys is None or not isinstance(item, dict):
-            view[name] = item
-        else:
-            view[name] = {k: item[k] for k in keys if k in item}
-    return view
+    return {name: _project(value[name], sub) for name, sub in wanted.items() if name in value}
 
 
 def rule_context(needs: dict, proposal: Any, case: dict) -> cel.Context:
@@ -186,9 +175,5 @@ def rule_context(needs: dict, proposal: Any, case: dict) -> cel.Context:
         "rationale": getattr(proposal, "rationale", ""),
         "data": getattr(proposal, "data", None) or {},
     }
-    variables = {}
-    if "proposal" in needs:
-        variables["proposal"] = _project(proposal_view, needs["proposal"])
-    if "case" in needs:
-        variables["case"] = _project(case, needs["case"])
-    return cel.Context(variables)
+    sources = {"proposal": proposal_view, "case": case}
+    return cel.Context({name: _project(sources[name], sub) for name, sub in needs.items()})

@@ -139,7 +139,32 @@ POLICIES = {
         "allowed_actions": ["approve", "deny"],
         "max_amount": Decimal("5000"),
         "min_confidence": Decimal("0.70"),
+        # what the agent may settle alone per UTC day and decisions per hour; beyond, a handler decides
+        "daily_amount_budget": Decimal("250000"),
+        "hourly_decision_limit": 1000,
+        # one autonomous decision in twenty is reviewed afterwards (the case is not held)
+        "qa_sample_rate": Decimal("0.05"),
+        "rules": [
+            {
+                "id": "liability_by_handler",
+                "expression": 'case.payload.claim_type != "liability"',
+                "reason_code": "liability_claim",
+                "message": "Liability claims are always decided by a claims handler",
+            }
+        ],
     },
-    "claims.payment": {"allowed_actions": ["pay"], "max_amount": Decimal("250000")},
+    "claims.payment": {
+        "allowed_actions": ["pay"],
+        "max_amount": Decimal("250000"),
+        "rules": [
+            {
+                "id": "pay_what_was_approved",
+                "expression": "proposal.amount == null || "
+                "proposal.amount <= double(case.context.decisions.approval.amount)",
+                "reason_code": "payment_above_approval",
+                "message": "The payment is larger than the approved amount",
+            }
+        ],
+    },
     "claims.communication": {"allowed_actions": ["send_letter"]},
 }
