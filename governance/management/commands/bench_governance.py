@@ -16,6 +16,7 @@ from audit.actors import Actor
 from governance.backtest import backtest
 from governance.evaluation import PolicySnapshot, evaluate
 from operations.agents import Proposal
+from operations.packs.claims.definition import POLICIES
 
 RULES = (
     {
@@ -67,8 +68,10 @@ class Command(BaseCommand):
         case = {"id": 1, "reference": "CLM-1", "workflow": "claims", "payload": PAYLOAD, "context": {"a": {"b": 1}}}
         proposal = Proposal(outcome="approve", action="approve", amount=Decimal("1234.50"), confidence=0.85)
         limits = {"allowed_actions": ("approve", "deny"), "max_amount": Decimal(5000), "min_confidence": Decimal("0.7")}
+        demo = dict(POLICIES["claims.approval"])
         for label, snapshot in (
             ("limits only", PolicySnapshot(agent_key="a", version=1, **limits)),
+            ("claims.approval demo policy (1 rule)", PolicySnapshot(agent_key="a", version=1, **demo)),
             ("limits + 3 CEL rules", PolicySnapshot(agent_key="a", version=1, rules=RULES, **limits)),
         ):
             self.stdout.write(f"evaluate(), {label}: {self._per_call(snapshot, proposal, case, evaluations):.1f} µs")
@@ -137,6 +140,7 @@ class Command(BaseCommand):
                 self.stdout.write(f"inserted {n:,} recorded proposals in {time.perf_counter() - t0:.1f} s")
                 for label, terms in (
                     ("limits only", {"max_amount": "4000", "min_confidence": "0.7"}),
+                    ("claims.approval demo policy (1 rule)", {**POLICIES["claims.approval"], "max_amount": "4000"}),
                     ("limits + 3 CEL rules", {"max_amount": "4000", "min_confidence": "0.7", "rules": list(RULES)}),
                 ):
                     report = backtest(terms, "bench.agent", now - timedelta(days=30), now + timedelta(seconds=1))
