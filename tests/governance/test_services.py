@@ -26,7 +26,7 @@ from governance.services import (
 )
 from operations import engine
 from operations.agents import Proposal
-from operations.models import CaseStatus, Escalation, StepRun
+from operations.models import CaseStatus, Escalation, EscalationStatus, StepRun
 from operations.services import escalation_resolve
 from tests.helpers import submit
 
@@ -360,3 +360,25 @@ def test_too_many_overrides_in_the_window_demote_a_bounded_agent_and_notify_admi
     assert event.actor_label == "governance" and event.data["overrides"] == 4 and event.data["decisions"] == 11
     assert len(mailoutbox) == 1 and mailoutbox[0].to == ["gov@example.com"]
     assert "demoted to supervised" in mailoutbox[0].subject
+
+
+def test_the_demo_shadow_investigator_proposes_and_an_investigator_decides(claim_generator, human):
+    # given a fraud referral that special investigations sends on to investigation
+    case = submit(claim_generator.claim("fraud_signals"))
+    engine.advance_case(case.pk)
+    referral = Escalation.objects.get(case=case, status=EscalationStatus.OPEN)
+    assert referral.queue == "Special investigations" and referral.proposal["action"] == "refer"
+    escalation_resolve(escalation_id=referral.pk, actor=human, resolution="approve", note="investigate")
+    engine.advance_case(case.pk)
+    # then the shadow agent proposed, and the case waits for an investigator
+    shadow = Escalation.objects.get(case=case, status=EscalationStatus.OPEN)
+    assert (shadow.step.key, shadow.reason, shadow.queue) == ("investigation", "shadow", "Special investigations")
+    assert shadow.proposal["outcome"] == "fraud_confirmed"  # a reused document
+    # when the investigator agrees, the agreement is recorded and the case ends with a denial letter
+    escalation_resolve(escalation_id=shadow.pk, actor=human, resolution="approve", note="confirmed")
+    engine.advance_case(case.pk)
+    case.refresh_from_db()
+    assert case.status == CaseStatus.REJECTED
+    assert list(HumanJudgement.objects.values_list("agent_key", "source", "agreed")) == [
+        ("claims.investigation", "shadow", True)
+    ]

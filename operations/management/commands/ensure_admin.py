@@ -14,6 +14,7 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         for name in (HANDLERS, SIU):
             Group.objects.get_or_create(name=name)
+        governance, _ = Group.objects.get_or_create(name=settings.SELFOPS_GOVERNANCE["ADMIN_GROUP"])
         path = settings.VAR_DIR / "admin_password"
         if not path.exists():
             path.write_text(secrets.token_urlsafe(12))
@@ -26,4 +27,5 @@ class Command(BaseCommand):
             user.set_password(password)
             user.is_staff = user.is_superuser = True
             user.save()
+        user.groups.add(governance)  # demotion notices go to this group
         self.stdout.write(self.style.SUCCESS(f"Log in as  admin / {password}"))

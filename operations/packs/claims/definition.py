@@ -93,10 +93,20 @@ STEPS = [
         "key": "approval",
         "name": "Approval routing",
         "agent_key": "claims.approval",
-        "transitions": {"approve": "payment", "deny": "communication", "refer": "communication"},
+        "transitions": {"approve": "payment", "deny": "communication", "refer": "investigation"},
         "reject_outcome": "deny",
         "action_queues": {"refer": SIU},
         "sla_seconds": 24 * 3600,
+    },
+    {
+        # reached only by referrals a special investigator confirmed; its agent learns in shadow mode
+        "key": "investigation",
+        "name": "Fraud investigation",
+        "agent_key": "claims.investigation",
+        "transitions": {"cleared": "payment", "fraud_confirmed": "communication"},
+        "reject_outcome": "fraud_confirmed",
+        "escalation_queue": SIU,
+        "sla_seconds": 72 * 3600,
     },
     {
         "key": "payment",
@@ -167,4 +177,6 @@ POLICIES = {
         ],
     },
     "claims.communication": {"allowed_actions": ["send_letter"]},
+    # a new agent learning in shadow mode: it proposes, an investigator always decides, agreement is measured
+    "claims.investigation": {"autonomy": "shadow", "allowed_actions": ["clear", "confirm_fraud"]},
 }
