@@ -194,7 +194,7 @@ def test_a_human_approval_above_the_budget_is_allowed_consumed_and_recorded(clai
     escalation_resolve(escalation_id=escalation.pk, actor=human, resolution="approve", note="checked the invoices")
     # then it went through, the budget shows the overrun and the audit says so
     case.refresh_from_db()
-    assert case.status != CaseStatus.WAITING or case.wait_reason != "escalation"
+    assert case.status == CaseStatus.RUNNING and case.current_step.key == "payment"
     assert BudgetUsage.objects.get(agent_key="claims.approval", period="day").used == escalation.amount
     event = AuditEvent.objects.get(action=AuditAction.ESCALATION_RESOLVED, subject_id=str(escalation.pk))
     assert event.data["over_budget"] is True and event.data["budget"]["daily"] == "100.00"

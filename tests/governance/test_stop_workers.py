@@ -29,15 +29,22 @@ def _database_url() -> str:
     return f"postgres://{auth}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
 
 
-def _wait_until(predicate, *, seconds: float, proc) -> None:
+def _wait_until(predicate, *, seconds: float, proc, log: Path) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise AssertionError(f"qcluster exited with {proc.returncode}")
+            raise AssertionError(f"qcluster exited with {proc.returncode}: {log.read_text()[-3000:]}")
         if predicate():
             return
         time.sleep(0.2)
-    raise AssertionError("timed out waiting for the workers")
+    from operations.models import Escalation, StepRun
+
+    states = list(Case.objects.values_list("pk", "status", "wait_reason", "current_step__key", "lease_owner"))
+    escalations = list(Escalation.objects.values_list("case_id", "reason"))
+    failures = list(StepRun.objects.exclude(error="").values_list("case_id", "error"))
+    raise AssertionError(
+        f"timed out waiting for the workers: {states} {escalations} {failures} {log.read_text()[-3000:]}"
+    )
 
 
 def test_stop_engaged_mid_run_parks_and_release_resumes_with_no_case_lost(claim_generator, tmp_path):
@@ -49,9 +56,10 @@ def test_stop_engaged_mid_run_parks_and_release_resumes_with_no_case_lost(claim_
         "DJANGO_SETTINGS_MODULE": "selfops.settings_test",
         "SELFOPS_VAR_DIR": str(settings.VAR_DIR),
         "Q_WORKERS": "2",
-        "Q_LOG_LEVEL": "ERROR",
+        "Q_LOG_LEVEL": "WARNING",
     }
-    log = open(tmp_path / "qcluster.log", "w")  # noqa: SIM115
+    log_path = tmp_path / "qcluster.log"
+    log = open(log_path, "w")  # noqa: SIM115
     proc = subprocess.Popen(  # noqa: S603
         [sys.executable, "manage.py", "qcluster"], cwd=ROOT, env=env, start_new_session=True, stdout=log, stderr=log
     )
@@ -68,7 +76,7 @@ def test_stop_engaged_mid_run_parks_and_release_resumes_with_no_case_lost(claim_
         def settled():
             return not Case.objects.filter(pk__in=ids, status=CaseStatus.RUNNING).exists()
 
-        _wait_until(settled, seconds=90, proc=proc)
+        _wait_until(settled, seconds=90, proc=proc, log=log_path)
         parked = set(
             Case.objects.filter(pk__in=ids, status=CaseStatus.WAITING, wait_reason=WaitReason.STOPPED).values_list(
                 "pk", flat=True
@@ -85,7 +93,7 @@ def test_stop_engaged_mid_run_parks_and_release_resumes_with_no_case_lost(claim_
         def all_done():
             return Case.objects.filter(pk__in=ids, status=CaseStatus.COMPLETED).count() == len(ids)
 
-        _wait_until(all_done, seconds=120, proc=proc)
+        _wait_until(all_done, seconds=120, proc=proc, log=log_path)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
