@@ -198,7 +198,7 @@ LOGGING = {
 # --- governance -----------------------------------------------------------------------------------------------------
 SELFOPS_GOVERNANCE = {
     # promotion: agreement over an agent's last WINDOW human judgements; eligible when the lower bound of the Wilson
-    # interval (at CONFIDENCE z) reaches PROMOTE_AGREEMENT and at least PROMOTE_MIN_DECISIONS were judged
+    # interval (at z = WILSON_Z) reaches PROMOTE_AGREEMENT and at least PROMOTE_MIN_DECISIONS were judged
     "AGREEMENT_WINDOW": env.int("SELFOPS_GOV_AGREEMENT_WINDOW", default=50),
     "PROMOTE_AGREEMENT": env.float("SELFOPS_GOV_PROMOTE_AGREEMENT", default=0.85),
     "PROMOTE_MIN_DECISIONS": env.int("SELFOPS_GOV_PROMOTE_MIN_DECISIONS", default=20),
