@@ -42,6 +42,10 @@ class AuditAction(models.TextChoices):
     AGENT_REPLAYED = "agent.replayed", "Agent version replayed on closed cases"
     MODEL_TRAINED = "agent.model_trained", "Agent model trained"
     COST_BUDGET_CHANGED = "governance.cost_budget_changed", "Agent cost budget changed"
+    POLICY_PROMOTED = "policy.promoted", "Agent promoted"
+    POLICY_DEMOTED = "policy.demoted", "Agent demoted"
+    QA_OPENED = "qa.opened", "QA review opened"
+    QA_REVIEWED = "qa.reviewed", "QA review decided"
 
 
 class AuditEvent(models.Model):

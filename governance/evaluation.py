@@ -12,6 +12,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from governance.models import AutonomyLevel
+from governance.rules import CompiledRule, compile_rules, rule_context, rule_needs
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,17 @@ class PolicySnapshot:
     hourly_decision_limit: int | None = None
     qa_sample_rate: Decimal = Decimal(0)
     rules: tuple[dict, ...] = ()
+    # compiled once per snapshot (snapshots are cached per process by version id)
+    compiled_rules: tuple[CompiledRule, ...] = field(default=(), init=False, compare=False, repr=False)
+    rules_error: str = field(default="", init=False, compare=False, repr=False)
+    rules_needs: dict = field(default_factory=dict, init=False, compare=False, repr=False)
+
+    def __post_init__(self):
+        try:
+            object.__setattr__(self, "compiled_rules", compile_rules(list(self.rules)))
+            object.__setattr__(self, "rules_needs", rule_needs(self.compiled_rules))
+        except ValueError as exc:  # stored rules are validated on publish; should one still break, fail closed
+            object.__setattr__(self, "rules_error", str(exc))
 
     @classmethod
     def from_version(cls, version) -> PolicySnapshot:
@@ -160,6 +172,43 @@ def _evaluate(policy: PolicySnapshot | None, proposal: Any, case: dict) -> Verdi
             )
         )
 
+    reasons.extend(_rule_reasons(policy, proposal, case, suffix))
+
     if reasons:
         return _escalate(policy, *reasons)
     return Verdict(decision="allow", policy_version=policy.version, autonomy=policy.autonomy)
+
+
+def _rule_reasons(policy: PolicySnapshot, proposal: Any, case: dict, suffix: str) -> list[Reason]:
+    """One reason per rule that does not hold; an error in a rule is a ``policy_error`` of that rule (fail closed)."""
+    if policy.rules_error:
+        return [
+            Reason(
+                code="policy_error",
+                message=f"The policy's rules could not be compiled: {policy.rules_error}{suffix}",
+                values={"error": policy.rules_error},
+            )
+        ]
+    if not policy.compiled_rules:
+        return []
+    reasons = []
+    context = rule_context(policy.rules_needs, proposal, case)
+    for rule in policy.compiled_rules:
+        try:
+            result = rule.program.execute(context)
+        except Exception as exc:
+            reasons.append(
+                Reason(
+                    code="policy_error",
+                    message=f"rule '{rule.id}' could not be evaluated: {str(exc)[:300]}{suffix}",
+                    rule_id=rule.id,
+                    values={"expression": rule.expression, "error": str(exc)[:300]},
+                )
+            )
+            continue
+        if result is not True:
+            values = {"expression": rule.expression, "result": result if isinstance(result, bool) else repr(result)}
+            if proposal.amount is not None:
+                values["amount"] = str(proposal.amount)
+            reasons.append(Reason(code=rule.reason_code, message=rule.message + suffix, rule_id=rule.id, values=values))
+    return reasons

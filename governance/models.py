@@ -112,3 +112,97 @@ class AgentCostBudget(models.Model):
 
     def __str__(self) -> str:
         return f"{self.agent_key}: {self.spent} of {self.daily_limit} on {self.day}"
+
+
+class BudgetPeriod(models.TextChoices):
+    DAY = "day", "UTC day (amount)"
+    HOUR = "hour", "UTC hour (decisions)"
+
+
+class BudgetUsage(models.Model):
+    """What an agent has used of one budget in one UTC period: the amount it decided alone in a day, or the number of
+    decisions it took alone in an hour. Consumed with a conditional UPDATE (``used + x <= cap``), so concurrent
+    workers never overspend; a human approval may go over and is recorded as such."""
+
+    agent_key = models.CharField(max_length=100)
+    period = models.CharField(max_length=8, choices=BudgetPeriod.choices)
+    period_start = models.DateTimeField()
+    used = models.DecimalField(max_digits=18, decimal_places=2, default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["agent_key", "period", "period_start"],
+                name="budget_usage_unique_period",
+                violation_error_message="This agent already has a usage row for that period.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.agent_key} {self.period} {self.period_start:%Y-%m-%d %H:00}: {self.used}"
+
+
+class JudgementSource(models.TextChoices):
+    SHADOW = "shadow", "Shadow decision"
+    SUPERVISED = "supervised", "Supervised approval"
+    QA = "qa", "QA review"
+
+
+class HumanJudgement(models.Model):
+    """A human decision about a proposal of an agent, and whether the human agreed with it: the evidence for
+    promoting an agent (agreement over its last decisions) and for demoting it (overrides in a rolling window)."""
+
+    agent_key = models.CharField(max_length=100)
+    policy_version = models.PositiveIntegerField(null=True, blank=True)
+    autonomy = models.CharField(max_length=16, blank=True)
+    source = models.CharField(max_length=16, choices=JudgementSource.choices)
+    case_id = models.BigIntegerField(null=True, blank=True)
+    subject = models.CharField(max_length=64, help_text="escalation:<id> or qa:<id>")
+    agreed = models.BooleanField()
+    proposal = models.JSONField(null=True, blank=True, encoder=DjangoJSONEncoder)
+    decision = models.JSONField(null=True, blank=True, encoder=DjangoJSONEncoder)
+    decided_by = models.CharField(max_length=200)
+    decided_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["subject"], name="judgement_one_per_subject"),
+        ]
+        indexes = [models.Index(fields=["agent_key", "decided_at"], name="judgement_agent_time_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.agent_key} {self.source} {'agree' if self.agreed else 'override'}"
+
+
+class QAStatus(models.TextChoices):
+    OPEN = "open", "Open"
+    AGREED = "agreed", "Agreed"
+    DISAGREED = "disagreed", "Disagreed"
+
+
+class QAReview(models.Model):
+    """A post-hoc review of a decision an agent took alone, opened for a sampled share of them (the policy's QA
+    sample rate). The case is not held: the review only measures quality, and its outcome counts towards the
+    agent's agreement rate."""
+
+    agent_key = models.CharField(max_length=100)
+    policy_version = models.PositiveIntegerField(null=True, blank=True)
+    case_id = models.BigIntegerField()
+    step_key = models.CharField(max_length=100)
+    step_run_id = models.BigIntegerField(null=True, blank=True)
+    proposal = models.JSONField(default=dict, encoder=DjangoJSONEncoder)
+    status = models.CharField(max_length=16, choices=QAStatus.choices, default=QAStatus.OPEN)
+    note = models.TextField(blank=True)
+    reviewed_by = models.CharField(max_length=200, blank=True)
+    reviewed_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["case_id", "step_key"], name="qa_review_one_per_case_step"),
+        ]
+        indexes = [models.Index(fields=["status", "agent_key"], name="qa_status_agent_idx")]
+
+    def __str__(self) -> str:
+        return f"QA review {self.pk} of {self.agent_key} on case {self.case_id}"

@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
-from django.db.models import Q
+import math
+from datetime import UTC, datetime, timedelta
+
+from django.conf import settings
+from django.db.models import Count, Q
+from django.utils import timezone
 
 from governance.evaluation import PolicySnapshot
-from governance.models import AgentPolicy, PolicyVersion, StopScope, StopSwitch
+from governance.models import (
+    AgentPolicy,
+    AutonomyLevel,
+    BudgetPeriod,
+    BudgetUsage,
+    HumanJudgement,
+    PolicyVersion,
+    QAReview,
+    StopScope,
+    StopSwitch,
+)
 
 _snapshots: dict[int, PolicySnapshot] = {}
 
@@ -63,3 +78,103 @@ def cost_budget_exhausted(agent_key: str, *, today=None) -> dict | None:
     if budget is None or budget["day"] != today:
         return None if budget is None or budget["daily_limit"] > 0 else {**budget, "spent": 0}
     return budget if budget["spent"] >= budget["daily_limit"] else None
+
+
+def wilson_interval(agreed: int, n: int, z: float) -> tuple[float, float]:
+    """The Wilson score interval for ``agreed`` successes out of ``n`` (0..1 each); (0, 1) when n is 0."""
+    if n == 0:
+        return 0.0, 1.0
+    p = agreed / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def agent_standing(agent_key: str) -> dict:
+    """How far humans agree with the agent at its current autonomy level: agreement over its last N judgements at
+    that level, the Wilson interval, and whether it is eligible for promotion (and why not)."""
+    conf = settings.SELFOPS_GOVERNANCE
+    autonomy = (
+        AgentPolicy.objects.filter(agent_key=agent_key).values_list("current_version__autonomy", flat=True).first()
+    )
+    recent = list(
+        HumanJudgement.objects.filter(agent_key=agent_key, autonomy=autonomy or "")
+        .order_by("-decided_at", "-id")
+        .values_list("agreed", flat=True)[: conf["AGREEMENT_WINDOW"]]
+    )
+    n, agreed = len(recent), sum(recent)
+    low, high = wilson_interval(agreed, n, conf["WILSON_Z"])
+    if autonomy not in (AutonomyLevel.SHADOW, AutonomyLevel.SUPERVISED):
+        why = f"only shadow and supervised agents are promoted (this one is {autonomy or 'without policy'})"
+    elif n < conf["PROMOTE_MIN_DECISIONS"]:
+        why = f"{n} human decisions so far, {conf['PROMOTE_MIN_DECISIONS']} needed"
+    elif low < conf["PROMOTE_AGREEMENT"]:
+        why = f"agreement lower bound {low:.0%} is below {conf['PROMOTE_AGREEMENT']:.0%}"
+    else:
+        why = ""
+    return {
+        "autonomy": autonomy,
+        "decisions": n,
+        "agreed": agreed,
+        "rate": agreed / n if n else None,
+        "wilson_low": low,
+        "wilson_high": high,
+        "eligible": autonomy in (AutonomyLevel.SHADOW, AutonomyLevel.SUPERVISED) and not why,
+        "why": why,
+    }
+
+
+def override_rate(agent_key: str, *, now: datetime | None = None, since: datetime | None = None) -> dict:
+    """Share of the agent's judgements in the rolling window (and since ``since``) where a human overrode it."""
+    now = now or timezone.now()
+    start = now - timedelta(hours=settings.SELFOPS_GOVERNANCE["DEMOTE_WINDOW_HOURS"])
+    if since is not None and since > start:
+        start = since
+    rows = HumanJudgement.objects.filter(agent_key=agent_key, decided_at__gte=start, decided_at__lte=now)
+    stats = rows.aggregate(n=Count("id"), overrides=Count("id", filter=Q(agreed=False)))
+    n = stats["n"] or 0
+    return {"decisions": n, "overrides": stats["overrides"] or 0, "rate": (stats["overrides"] or 0) / n if n else 0.0}
+
+
+def governance_overview(now: datetime | None = None) -> list[dict]:
+    """One row per agent policy for the governance page: level, limits, today's budget use, agreement, eligibility
+    and stop state."""
+    now = now or timezone.now()
+    day = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    hour = now.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    usage = {
+        (u.agent_key, u.period): u.used
+        for u in BudgetUsage.objects.filter(
+            Q(period=BudgetPeriod.DAY, period_start=day) | Q(period=BudgetPeriod.HOUR, period_start=hour)
+        )
+    }
+    stopped = set(StopSwitch.objects.filter(engaged=True, scope=StopScope.AGENT).values_list("target", flat=True))
+    open_qa = dict(QAReview.objects.filter(status="open").values_list("agent_key").annotate(n=Count("id")).order_by())
+    rows = []
+    for policy in AgentPolicy.objects.select_related("current_version").order_by("agent_key"):
+        version = policy.current_version
+        rows.append(
+            {
+                "policy": policy,
+                "version": version,
+                "used_today": usage.get((policy.agent_key, BudgetPeriod.DAY), 0),
+                "decisions_this_hour": usage.get((policy.agent_key, BudgetPeriod.HOUR), 0),
+                "standing": agent_standing(policy.agent_key),
+                "stopped": policy.agent_key in stopped,
+                "open_qa": open_qa.get(policy.agent_key, 0),
+            }
+        )
+    return rows
+
+
+def stops_engaged() -> list[StopSwitch]:
+    """Every engaged stop switch (the banner on every portal page)."""
+    return list(StopSwitch.objects.filter(engaged=True).order_by("scope", "target"))
+
+
+def governance_admin(user) -> bool:
+    """Whether ``user`` may change governance: superusers and members of the governance admin group."""
+    if not user.is_authenticated or not user.is_active:
+        return False
+    return user.is_superuser or user.groups.filter(name=settings.SELFOPS_GOVERNANCE["ADMIN_GROUP"]).exists()

@@ -35,6 +35,7 @@ from audit.services import audit_event, audit_record_many
 from governance.evaluation import PolicySnapshot, Reason, Verdict, evaluate
 from governance.models import AutonomyLevel
 from governance.selectors import current_policies, engaged_stops
+from governance.services import budget_consume, qa_review_open
 from operations.agents import AgentContext, Proposal, ProposalError
 from operations.agents import versions as agent_versions
 from operations.models import (
@@ -332,6 +333,8 @@ def _decide_step(tx: StepTx, policies: _PolicyCache) -> Next | None:
         return Next.RETRY
 
     verdict = evaluate(policy, proposal, case_view(case))
+    if verdict.allowed:  # budgets are consumed in this step's transaction; a spent budget escalates instead
+        verdict = budget_consume(policy=policy, proposal=proposal, verdict=verdict)
     status = StepRunStatus.SUCCEEDED if verdict.allowed else StepRunStatus.ESCALATED
     run = _step_run(tx, step, status, started_at, t0, registered, proposal=proposal, verdict=verdict)
     tx.audit(
@@ -342,6 +345,12 @@ def _decide_step(tx: StepTx, policies: _PolicyCache) -> Next | None:
     )
     if verdict.allowed:
         apply_decision(tx, step, proposal, actor=_agent_actor(registered, step))
+        # a sampled share of autonomous decisions gets a post-hoc human review (the case is not held)
+        tx.after_runs(
+            lambda: qa_review_open(
+                policy=policy, case_id=case.pk, step_key=step.key, step_run_id=run.pk, proposal=run.proposal
+            )
+        )
     else:
         open_escalation(tx, step, run, proposal, verdict)
     return Next.CONTINUE

@@ -15,6 +15,7 @@ from jsonschema import Draft202012Validator
 from audit.actors import SYSTEM, Actor
 from audit.models import AuditAction
 from audit.services import audit_event, audit_record, audit_record_many
+from governance.services import decision_record_agreement
 from operations.agents import Proposal, ProposalError
 from operations.engine import StepTx, apply_decision, engine_setting
 from operations.errors import Conflict, NotAllowed, ValidationFailed
@@ -220,6 +221,19 @@ def escalation_resolve(
             case.context.pop("retry_pending", None)
         # -----------------------------------------------------------------------------------------------------------
 
+        data.update(
+            decision_record_agreement(
+                agent_key=step.agent_key,
+                escalation_id=escalation.pk,
+                case_id=case.pk,
+                reasons=escalation.reasons,
+                proposal=escalation.proposal,
+                resolution=resolution,
+                decision=data.get("proposal"),
+                reject_outcome=step.reject_outcome,
+                actor=actor,
+            )
+        )
         escalation.transition(EscalationStatus.RESOLVED)
         escalation.resolution = resolution
         escalation.resolution_note = note

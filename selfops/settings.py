@@ -76,6 +76,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "governance.context_processors.stops",
             ],
         },
     },
@@ -212,3 +213,21 @@ SELFOPS_LLM = {
 }
 # Trained agent models (operations/agents/ml.py) are saved here
 SELFOPS_MODELS_DIR = VAR_DIR / "models"
+
+
+# --- governance -----------------------------------------------------------------------------------------------------
+SELFOPS_GOVERNANCE = {
+    # promotion: agreement over an agent's last WINDOW human judgements; eligible when the lower bound of the Wilson
+    # interval (at z = WILSON_Z) reaches PROMOTE_AGREEMENT and at least PROMOTE_MIN_DECISIONS were judged
+    "AGREEMENT_WINDOW": env.int("SELFOPS_GOV_AGREEMENT_WINDOW", default=50),
+    "PROMOTE_AGREEMENT": env.float("SELFOPS_GOV_PROMOTE_AGREEMENT", default=0.85),
+    "PROMOTE_MIN_DECISIONS": env.int("SELFOPS_GOV_PROMOTE_MIN_DECISIONS", default=20),
+    "WILSON_Z": env.float("SELFOPS_GOV_WILSON_Z", default=1.96),
+    # demotion: a bounded agent whose override share in the last DEMOTE_WINDOW_HOURS (at least DEMOTE_MIN_DECISIONS
+    # judgements) exceeds DEMOTE_OVERRIDE_RATE goes back to supervised, automatically
+    "DEMOTE_WINDOW_HOURS": env.int("SELFOPS_GOV_DEMOTE_WINDOW_HOURS", default=24),
+    "DEMOTE_MIN_DECISIONS": env.int("SELFOPS_GOV_DEMOTE_MIN_DECISIONS", default=10),
+    "DEMOTE_OVERRIDE_RATE": env.float("SELFOPS_GOV_DEMOTE_OVERRIDE_RATE", default=0.3),
+    # the Django group whose members change governance (and get demotion notices)
+    "ADMIN_GROUP": env.str("SELFOPS_GOV_ADMIN_GROUP", default="Governance admin"),
+}

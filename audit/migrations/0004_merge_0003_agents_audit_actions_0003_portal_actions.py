@@ -4,11 +4,9 @@ from django.db import migrations
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('audit', '0003_agents_audit_actions'),
-        ('audit', '0003_portal_actions'),
+        ("audit", "0003_agents_audit_actions"),
+        ("audit", "0003_portal_actions"),
     ]
 
-    operations = [
-    ]
+    operations = []

@@ -4,11 +4,9 @@ from django.db import migrations
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('operations', '0002_agents_versions_models'),
-        ('operations', '0002_portal_queue_four_eyes_sla'),
+        ("operations", "0002_agents_versions_models"),
+        ("operations", "0002_portal_queue_four_eyes_sla"),
     ]
 
-    operations = [
-    ]
+    operations = []

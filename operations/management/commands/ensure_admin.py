@@ -35,6 +35,7 @@ class Command(BaseCommand):
         for name in (HANDLERS, SIU):
             Group.objects.get_or_create(name=name)
         ensure_roles()
+        governance, _ = Group.objects.get_or_create(name=settings.SELFOPS_GOVERNANCE["ADMIN_GROUP"])
         users = get_user_model().objects
         password = _password("admin")
         user, created = users.get_or_create(username="admin", defaults={"is_staff": True, "is_superuser": True})
@@ -42,6 +43,7 @@ class Command(BaseCommand):
             user.set_password(password)
             user.is_staff = user.is_superuser = True
             user.save()
+        user.groups.add(governance)  # demotion notices go to this group
         self.stdout.write(self.style.SUCCESS(f"Log in as  admin / {password}"))
         for username, groups in DEMO_USERS:
             password = _password(username)

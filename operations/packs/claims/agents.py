@@ -244,6 +244,29 @@ def approval(ctx: AgentContext) -> Proposal:
     )
 
 
+@agent("claims.investigation", description="Investigates a referred claim: clears it or confirms the fraud.")
+def investigation(ctx: AgentContext) -> Proposal:
+    signals = fraud_signals(ctx)
+    score = round(min(1.0, sum(signals.values())), 2)
+    payable = Decimal(_decision(ctx, "approval").get("amount") or 0)
+    if "reused_documents" in signals or score >= 0.6:
+        return Proposal(
+            outcome="fraud_confirmed",
+            action="confirm_fraud",
+            confidence=min(0.95, 0.5 + score / 2),
+            rationale=f"fraud risk {score:.2f}: {', '.join(sorted(signals))}",
+            data={"letter": "denial", "investigation": "fraud_confirmed"},
+        )
+    return Proposal(
+        outcome="cleared",
+        action="clear",
+        amount=payable,
+        confidence=0.6,
+        rationale=f"signals {', '.join(sorted(signals)) or 'none'} explained; pay {payable}",
+        data={"letter": "approval", "investigation": "cleared"},
+    )
+
+
 @agent("claims.payment", description="Pays the approved amount to the policyholder's account.")
 def payment(ctx: AgentContext) -> Proposal:
     approved = Decimal(_decision(ctx, "approval").get("amount") or 0)

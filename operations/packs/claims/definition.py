@@ -93,10 +93,20 @@ STEPS = [
         "key": "approval",
         "name": "Approval routing",
         "agent_key": "claims.approval",
-        "transitions": {"approve": "payment", "deny": "communication", "refer": "communication"},
+        "transitions": {"approve": "payment", "deny": "communication", "refer": "investigation"},
         "reject_outcome": "deny",
         "action_queues": {"refer": SIU},
         "sla_seconds": 24 * 3600,
+    },
+    {
+        # reached only by referrals a special investigator confirmed; its agent learns in shadow mode
+        "key": "investigation",
+        "name": "Fraud investigation",
+        "agent_key": "claims.investigation",
+        "transitions": {"cleared": "payment", "fraud_confirmed": "communication"},
+        "reject_outcome": "fraud_confirmed",
+        "escalation_queue": SIU,
+        "sla_seconds": 72 * 3600,
     },
     {
         "key": "payment",
@@ -139,7 +149,34 @@ POLICIES = {
         "allowed_actions": ["approve", "deny"],
         "max_amount": Decimal("5000"),
         "min_confidence": Decimal("0.70"),
+        # what the agent may settle alone per UTC day and decisions per hour; beyond, a handler decides
+        "daily_amount_budget": Decimal("250000"),
+        "hourly_decision_limit": 1000,
+        # one autonomous decision in twenty is reviewed afterwards (the case is not held)
+        "qa_sample_rate": Decimal("0.05"),
+        "rules": [
+            {
+                "id": "liability_by_handler",
+                "expression": 'case.payload.claim_type != "liability"',
+                "reason_code": "liability_claim",
+                "message": "Liability claims are always decided by a claims handler",
+            }
+        ],
     },
-    "claims.payment": {"allowed_actions": ["pay"], "max_amount": Decimal("250000")},
+    "claims.payment": {
+        "allowed_actions": ["pay"],
+        "max_amount": Decimal("250000"),
+        "rules": [
+            {
+                "id": "pay_what_was_approved",
+                "expression": "proposal.amount == null || "
+                "proposal.amount <= double(case.context.decisions.approval.amount)",
+                "reason_code": "payment_above_approval",
+                "message": "The payment is larger than the approved amount",
+            }
+        ],
+    },
     "claims.communication": {"allowed_actions": ["send_letter"]},
+    # a new agent learning in shadow mode: it proposes, an investigator always decides, agreement is measured
+    "claims.investigation": {"autonomy": "shadow", "allowed_actions": ["clear", "confirm_fraud"]},
 }
