@@ -32,6 +32,13 @@ class AuditAction(models.TextChoices):
     STOP_ENGAGED = "stop.engaged", "Stop switch engaged"
     STOP_RELEASED = "stop.released", "Stop switch released"
     REFERENCE_LOADED = "reference.loaded", "Reference data loaded"
+    API_CLIENT_CREATED = "api_client.created", "API client created"
+    API_CLIENT_ROTATED = "api_client.rotated", "API client key rotated"
+    API_CLIENT_REVOKED = "api_client.revoked", "API client revoked"
+    WEBHOOK_SUBSCRIBED = "webhook.subscribed", "Webhook subscription created"
+    WEBHOOK_UNSUBSCRIBED = "webhook.unsubscribed", "Webhook subscription removed"
+    WEBHOOK_REDELIVERY = "webhook.redelivery", "Webhook redelivery requested"
+    WEBHOOK_DEAD_LETTERED = "webhook.dead_lettered", "Webhook delivery dead-lettered"
 
 
 class AuditEvent(models.Model):

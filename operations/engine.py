@@ -89,6 +89,9 @@ class StepTx:
         )
 
     def flush(self) -> None:
+        from operations.api.webhooks import webhooks_owe_for
+
+        webhooks_owe_for(self.case, self.events)  # the outbox of webhook deliveries, in this same transaction
         audit_record_many(self.events)
         self.events = []
 

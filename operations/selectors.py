@@ -53,3 +53,34 @@ def clear_caches() -> None:
 
     _steps.clear()
     _validators.clear()
+
+
+def cases_visible_to(*, user=None, client=None):
+    """Cases a caller may see. An API client: the cases it submitted, nothing else. A portal user: every case with
+    the ``operations.view_case`` permission (superusers hold it), otherwise the cases with an escalation in one of
+    their queues."""
+    from operations.models import Case
+
+    qs = Case.objects.select_related("workflow", "current_step")
+    if client is not None:
+        return qs.filter(submitted_by_client=client)
+    if user is None or not user.is_authenticated:
+        return qs.none()
+    if user.has_perm("operations.view_case"):
+        return qs
+    queues = list(user.groups.values_list("name", flat=True))
+    return qs.filter(pk__in=escalations_for(user).filter(queue__in=queues).values("case_id"))
+
+
+def escalations_visible_to(*, user=None, client=None):
+    """Escalations a caller may see and act on: those of its queues (a client's configured queues, a user's
+    groups; every queue for superusers)."""
+    from operations.models import Escalation
+
+    if client is not None:
+        return Escalation.objects.select_related("case", "step", "case__workflow").filter(
+            queue__in=list(client.queues or [])
+        )
+    if user is None or not user.is_authenticated:
+        return Escalation.objects.none()
+    return escalations_for(user)

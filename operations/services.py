@@ -53,9 +53,10 @@ def payload_errors(workflow: Workflow, payload: Any) -> dict[str, str]:
     return errors
 
 
-def case_submit(*, workflow_key: str, reference: str, payload: dict, actor: Actor) -> Case:
+def case_submit(*, workflow_key: str, reference: str, payload: dict, actor: Actor, submitted_by_client=None) -> Case:
     """Create a case on the newest active version of ``workflow_key`` and hand it to the workers. Bad input raises
-    ``ValidationFailed`` with every field error and stores nothing."""
+    ``ValidationFailed`` with every field error and stores nothing. ``submitted_by_client`` (an ``ApiClient``) is
+    the only client that will see the case."""
     workflow = active_workflow(workflow_key)
     if workflow is None:
         raise ValidationFailed(f"unknown or inactive workflow '{workflow_key}'", fields={"workflow": "unknown"})
@@ -74,6 +75,7 @@ def case_submit(*, workflow_key: str, reference: str, payload: dict, actor: Acto
                 payload=payload,
                 current_step_id=workflow.first_step_id,
                 submitted_by=actor.label,
+                submitted_by_client=submitted_by_client,
             )
             audit_record(
                 actor=actor,
@@ -350,3 +352,59 @@ def _definition_digest(definition: dict) -> str:
     import json
 
     return "sha256:" + hashlib.sha256(json.dumps(definition, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def case_cancel(*, case_id: int, actor: Actor, reason: str) -> Case:
+    """Cancel an open case (running or waiting): its open escalation is cancelled with it and the engine stops at
+    its next step. A finished case cannot be cancelled (``TransitionNotAllowed``, 409)."""
+    if not (reason or "").strip():
+        raise ValidationFailed("a reason is required to cancel a case", fields={"reason": "required"})
+    with transaction.atomic():
+        # Lock order: the case row first, then its escalations. A worker mid-step holds the case row; we wait for
+        # its step to commit, and it stops at the next one because the case is no longer running.
+        case = Case.objects.select_for_update(of=("self",)).select_related("workflow").get(pk=case_id)
+        tx = StepTx(case)
+        case.transition(CaseStatus.CANCELLED)
+        case.current_step, case.finished_at, case.wait_reason = None, timezone.now(), WaitReason.NONE
+        case.lease_owner, case.lease_expires_at = "", None
+        for escalation in Escalation.objects.select_for_update(of=("self",)).filter(
+            case=case, status=EscalationStatus.OPEN
+        ):
+            escalation.transition(EscalationStatus.CANCELLED)
+            escalation.resolved_by, escalation.resolved_at = actor.label, timezone.now()
+            escalation.resolution_note = reason
+            escalation.save()
+        case.save()
+        tx.audit(actor=actor, action=AuditAction.CASE_CANCELLED, data={"note": reason})
+        tx.flush()
+    return case
+
+
+def escalation_claim(*, escalation_id: int, actor: Actor, client=None) -> Escalation:
+    """Take an open escalation to work on it: a user (``actor``) or an API client (``client``). Claiming what one
+    already holds changes nothing; claiming what someone else holds is a ``Conflict``."""
+    from django.contrib.auth import get_user_model
+
+    with transaction.atomic():
+        _case, escalation = _locked_case_and_escalation(escalation_id)
+        if escalation.status != EscalationStatus.OPEN:
+            raise Conflict("this escalation is no longer open")
+        user_id = actor.user_id if client is None else None
+        if (escalation.claimed_by_id, escalation.claimed_by_client_id) == (user_id, getattr(client, "pk", None)):
+            return escalation
+        if escalation.claimed_by_id or escalation.claimed_by_client_id:
+            holder = escalation.claimed_by or escalation.claimed_by_client
+            raise Conflict(f"this escalation is already claimed by {holder}")
+        if client is None and user_id is None:
+            raise ValidationFailed("only a person or an API client can claim an escalation")
+        escalation.claimed_by = get_user_model().objects.get(pk=user_id) if user_id else None
+        escalation.claimed_by_client = client
+        escalation.save(update_fields=["claimed_by", "claimed_by_client"])
+        audit_record(
+            actor=actor,
+            action=AuditAction.ESCALATION_CLAIMED,
+            subject=escalation,
+            case_id=escalation.case_id,
+            data={"queue": escalation.queue},
+        )
+    return escalation
