@@ -1,7 +1,9 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
+from django.views import defaults
 
+from operations.api.errors import api_aware_handler
 from operations.api.views import PrometheusMetricsApi
 from selfops import health
 
@@ -15,3 +17,6 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", include("operations.urls")),
 ]
+
+handler404 = api_aware_handler(defaults.page_not_found)
+handler500 = api_aware_handler(defaults.server_error)

@@ -117,3 +117,24 @@ def exception_handler(exc, context):
         return Response(body, status=500, headers={"X-Correlation-ID": correlation_id})
     set_rollback()
     return Response(body, status=status, headers=headers)
+
+
+def api_aware_handler(default):
+    """Wrap a Django error view (404, 500) so that API paths answer in the API's JSON shape rather than HTML, e.g. a
+    path whose id is not a number never reaches a view."""
+    from django.http import JsonResponse
+
+    codes = {404: ("not_found", "not found"), 500: ("server_error", "unexpected error")}
+
+    def handler(request, *args, **kwargs):
+        response = default(request, *args, **kwargs)
+        if not request.path.startswith(("/api/v1/", "/metrics")):
+            return response
+        code, message = codes.get(response.status_code, ("error", "error"))
+        body = _body(code, message)
+        if response.status_code >= 500:
+            body["correlation_id"] = current_correlation_id() or uuid.uuid4().hex
+            logger.error("unhandled error outside the API views [correlation_id=%s]", body["correlation_id"])
+        return JsonResponse(body, status=response.status_code)
+
+    return handler

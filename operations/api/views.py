@@ -85,8 +85,9 @@ class CasesApi(ApiView, generics.ListAPIView):
         responses={201: s.CaseOut, **error_responses(400, 409, 415, 422)},
     )
     def post(self, request, *args, **kwargs):
+        body = request.data  # parsed first: a body that is not JSON is a 415/400 before anything else
         key = validate_key(request.headers.get("Idempotency-Key"))
-        data = s.CaseSubmitIn(data=request.data)
+        data = s.CaseSubmitIn(data=body)
         data.is_valid(raise_exception=True)
         who = self.who
 
@@ -101,7 +102,7 @@ class CasesApi(ApiView, generics.ListAPIView):
             return Answer(status.HTTP_201_CREATED, s.CaseOut(case).data)
 
         # Answers are kept per API client; a portal session's key is required but not remembered.
-        answer = work() if who.client is None else idempotent(client=who.client, key=key, body=request.data, work=work)
+        answer = work() if who.client is None else idempotent(client=who.client, key=key, body=body, work=work)
         headers = {"Idempotent-Replayed": "true"} if answer.replayed else {}
         return Response(answer.body, status=answer.status, headers=headers)
 
