@@ -4,17 +4,20 @@ cannot be bypassed."""
 
 from __future__ import annotations
 
+import re
+
 from django.db.models import Prefetch, Q
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from rest_framework import generics, status
 from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 
+from audit.context import correlation
 from audit.models import AuditEvent
 from governance.models import AgentPolicy, StopSwitch
 from governance.services import stop_engage, stop_release
@@ -29,6 +32,8 @@ from operations.models import ApiScope, Case, Escalation, StepRun, WebhookDelive
 from operations.selectors import case_timeline
 from operations.services import case_cancel, case_submit, escalation_claim, escalation_resolve
 
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{8,64}")
+
 
 class Cursor(CursorPagination):
     ordering = "-id"
@@ -42,6 +47,15 @@ class ApiView(generics.GenericAPIView):
 
     required_scopes: dict[str, str] = {}
     filter_backends = [DjangoFilterBackend]
+
+    def dispatch(self, request, *args, **kwargs):
+        # One correlation id per request: on its audit events, in the log of a 500, and in the X-Correlation-ID
+        # header. A caller's X-Request-ID is honoured when it looks like an id.
+        offered = request.headers.get("X-Request-ID", "")
+        with correlation(offered if _REQUEST_ID.fullmatch(offered) else None) as correlation_id:
+            response = super().dispatch(request, *args, **kwargs)
+        response["X-Correlation-ID"] = correlation_id
+        return response
 
     @property
     def who(self):
@@ -105,9 +119,6 @@ class CasesApi(ApiView, generics.ListAPIView):
         answer = work() if who.client is None else idempotent(client=who.client, key=key, body=body, work=work)
         headers = {"Idempotent-Replayed": "true"} if answer.replayed else {}
         return Response(answer.body, status=answer.status, headers=headers)
-
-
-CASE_ID = OpenApiParameter("id", OpenApiTypes.INT, OpenApiParameter.PATH)
 
 
 class CaseDetailApi(ApiView, generics.RetrieveAPIView):
@@ -292,9 +303,6 @@ class StopFlipApi(ApiView):
         flip = stop_engage if self.engage else stop_release
         switch = flip(actor=self.who.actor, **data.validated_data)
         return Response(s.StopSwitchOut(switch).data)
-
-
-STOP_SCHEMA = {"tags": ["governance"], "request": s.StopIn, "responses": {200: s.StopSwitchOut}}
 
 
 class StopEngageApi(StopFlipApi):
@@ -490,6 +498,3 @@ class DeliveryRedeliverApi(ClientOnly, ApiView):
         delivery = get_object_or_404(self.deliveries(), pk=pk)
         delivery = webhook_redeliver(delivery_id=delivery.pk, actor=self.who.actor)
         return Response(s.DeliveryOut(delivery).data, status=status.HTTP_202_ACCEPTED)
-
-
-__all__ = ["OpenApiResponse"]

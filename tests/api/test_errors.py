@@ -52,3 +52,19 @@ def test_a_path_that_matches_no_route_answers_json_under_the_api(intake, client)
         "fields": {},
     }
     assert client.get("/no-such-page/")["Content-Type"].startswith("text/html")
+
+
+def test_every_answer_carries_a_correlation_id_which_its_audit_events_share(intake, claim_generator):
+    from audit.models import AuditAction, AuditEvent
+
+    response = intake.http.post(
+        "/api/v1/cases/",
+        {"workflow": "claims", "reference": "C-1", "payload": claim_generator.claim("straight_through").payload},
+        format="json",
+        headers={"Idempotency-Key": "c", "X-Request-ID": "req-0123456789"},
+    )
+    plain = intake.get("/api/v1/cases/")
+
+    assert response["X-Correlation-ID"] == "req-0123456789"
+    assert AuditEvent.objects.get(action=AuditAction.CASE_SUBMITTED).correlation_id == "req-0123456789"
+    assert len(plain["X-Correlation-ID"]) == 32
