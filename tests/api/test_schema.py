@@ -53,7 +53,10 @@ def test_docs_are_served_from_vendored_assets(client):
     assert page.status_code == 200
     assert "drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js" in html
     assert "cdn." not in html and "unpkg" not in html
+    assert "<script>" not in html  # the initialisation script is a file too (a strict CSP forbids inline scripts)
     assert client.get("/static/drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js").status_code == 200
+    init = client.get("/api/docs/?script=")
+    assert init.status_code == 200 and "SwaggerUIBundle" in init.content.decode()
 
 
 @pytest.mark.slow
