@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 
 from django.db import IntegrityError, transaction
@@ -20,6 +21,7 @@ from operations.errors import Conflict, ValidationFailed
 from operations.models import ApiClient, ApiScope
 
 KEY_PREFIX = "sok_"
+RATE = re.compile(r"[1-9][0-9]{0,8}/(s|sec|m|min|h|hour|d|day)")
 
 
 def _new_key() -> tuple[str, str, str]:
@@ -32,8 +34,10 @@ def _digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def _validate(name: str, scopes: list, queues: list) -> dict:
+def _validate(name: str, scopes: list, queues: list, throttle_rate: str = "") -> dict:
     errors = {}
+    if throttle_rate and not RATE.fullmatch(throttle_rate):
+        errors["throttle_rate"] = "requests per period, e.g. 600/min (s, min, hour or day)"
     if not (name or "").strip() or len(name) > 100:
         errors["name"] = "a name of 1 to 100 characters is required"
     if not isinstance(scopes, list) or any(s not in ApiScope.values for s in scopes):
@@ -48,7 +52,7 @@ def api_client_create(
 ) -> tuple[ApiClient, str]:
     """Create a client and return it with its key, which is shown this once and never stored."""
     queues = list(queues or [])
-    if errors := _validate(name, scopes, queues):
+    if errors := _validate(name, scopes, queues, throttle_rate):
         raise ValidationFailed("the API client is not valid", fields=errors)
     key, prefix, digest = _new_key()
     try:

@@ -256,11 +256,16 @@ def webhook_deliver(*, delivery_id: int, now: datetime | None = None) -> Webhook
         )
         if delivery is None or (delivery.next_attempt_at and delivery.next_attempt_at > now):
             return delivery
+        subscription = delivery.subscription
+        if not subscription.active or not ApiClient.objects.filter(pk=subscription.client_id, active=True).exists():
+            delivery.status, delivery.dead_lettered_at, delivery.next_attempt_at = WebhookDeliveryStatus.DEAD, now, None
+            delivery.log = [*delivery.log, {"at": now.isoformat(), "error": "subscription removed or client revoked"}]
+            delivery.save()
+            return delivery
         # Claim the attempt before the HTTP call, outside any transaction: a second worker sees it as not yet due.
         delivery.attempts += 1
         delivery.next_attempt_at = now + timedelta(seconds=timeout + 30)
         delivery.save(update_fields=["attempts", "next_attempt_at"])
-    subscription = delivery.subscription
     body = envelope(delivery)
     timestamp = int(now.timestamp())
     headers = {

@@ -120,3 +120,13 @@ def test_the_admin_creates_a_client_and_shows_its_key_once(client, db):
     key = next(m for m in shown if created.key_prefix in m).rsplit(" ", 1)[1]
     assert Caller(created, key).get("/api/v1/cases/").status_code == 200
     assert AuditEvent.objects.get(action=AuditAction.API_CLIENT_CREATED).actor_type == "user"
+
+
+def test_a_malformed_throttle_rate_is_refused_when_the_client_is_created(db):
+    from operations.api.clients import api_client_create
+    from operations.errors import ValidationFailed
+
+    with pytest.raises(ValidationFailed) as err:
+        api_client_create(name="x", scopes=["cases:read"], throttle_rate="lots", actor=Actor.system("t"))
+    assert "throttle_rate" in err.value.fields
+    assert not ApiClient.objects.exists()

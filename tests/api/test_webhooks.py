@@ -212,3 +212,17 @@ def test_removing_a_subscription_dead_letters_its_pending_deliveries(intake, cla
     assert intake.delete(f"/api/v1/webhooks/subscriptions/{sub['id']}/").status_code == 204
     assert WebhookDelivery.objects.get().status == WebhookDeliveryStatus.DEAD
     assert intake.get("/api/v1/webhooks/subscriptions/").json() == []
+
+
+def test_deliveries_of_a_revoked_client_are_dead_lettered_not_sent(intake, claim_generator, receiver_factory):
+    from operations.api.clients import api_client_revoke
+
+    receiver = receiver_factory([200])
+    subscribe(intake, receiver.url, ["case.completed"])
+    settle(intake.submit(claim_generator.claim("straight_through")).json()["id"])
+    api_client_revoke(client_id=intake.client.pk, actor=Actor.system("t"))
+
+    delivery = webhook_deliver(delivery_id=WebhookDelivery.objects.get().pk)
+
+    assert delivery.status == WebhookDeliveryStatus.DEAD
+    assert receiver.received == []
