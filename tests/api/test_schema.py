@@ -77,7 +77,7 @@ def test_schemathesis_finds_no_server_error_and_no_nonconforming_response(live_s
         "--phases",
         "examples,fuzzing",
         "--max-examples",
-        "20",
+        "10",
         "--seed",
         "1",
         "--workers",
