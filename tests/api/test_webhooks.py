@@ -226,3 +226,32 @@ def test_deliveries_of_a_revoked_client_are_dead_lettered_not_sent(intake, claim
 
     assert delivery.status == WebhookDeliveryStatus.DEAD
     assert receiver.received == []
+
+
+def test_the_admin_redelivers_a_dead_letter_and_rotates_a_key(intake, claim_generator, client, settings):
+    from django.contrib.auth import get_user_model
+
+    from operations.models import ApiClient
+
+    settings.SELFOPS = {**settings.SELFOPS, "WEBHOOK_MAX_ATTEMPTS": 1}
+    subscribe(intake, "http://127.0.0.1:9/hooks", ["case.completed"])  # nothing listens on port 9
+    settle(intake.submit(claim_generator.claim("straight_through")).json()["id"])
+    delivery = webhook_deliver(delivery_id=WebhookDelivery.objects.get().pk)
+    assert delivery.status == WebhookDeliveryStatus.DEAD and "error" in delivery.log[-1]
+    client.force_login(get_user_model().objects.create_superuser("root", password="x" * 12))
+
+    client.post(
+        "/admin/operations/webhookdelivery/", {"action": "redeliver", "_selected_action": [delivery.pk]}, follow=True
+    )
+    page = client.post(
+        "/admin/operations/apiclient/", {"action": "rotate_keys", "_selected_action": [intake.client.pk]}, follow=True
+    )
+
+    delivery.refresh_from_db()
+    assert (delivery.status, delivery.attempts) == (WebhookDeliveryStatus.PENDING, 0)
+    assert AuditEvent.objects.get(action=AuditAction.WEBHOOK_REDELIVERY).actor_type == "user"
+    new_key = next(str(m) for m in page.context["messages"] if "new key" in str(m)).rsplit(" ", 1)[1]
+    assert intake.get("/api/v1/cases/").status_code == 401
+    from tests.api.conftest import Caller
+
+    assert Caller(ApiClient.objects.get(pk=intake.client.pk), new_key).get("/api/v1/cases/").status_code == 200
