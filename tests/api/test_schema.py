@@ -61,7 +61,9 @@ def test_docs_are_served_from_vendored_assets(client):
 
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
-def test_schemathesis_finds_no_server_error_and_no_nonconforming_response(live_server, make_caller, claims_workflow):
+def test_schemathesis_finds_no_server_error_and_no_nonconforming_response(
+    live_server, make_caller, claims_workflow, tmp_path
+):
     """Fuzz every operation of the live API with a real client key: no 5xx, every response as documented."""
     exe = shutil.which("schemathesis", path=os.path.dirname(sys.executable))
     assert exe, "schemathesis is a test dependency"
