@@ -46,6 +46,13 @@ class AuditAction(models.TextChoices):
     POLICY_DEMOTED = "policy.demoted", "Agent demoted"
     QA_OPENED = "qa.opened", "QA review opened"
     QA_REVIEWED = "qa.reviewed", "QA review decided"
+    API_CLIENT_CREATED = "api_client.created", "API client created"
+    API_CLIENT_ROTATED = "api_client.rotated", "API client key rotated"
+    API_CLIENT_REVOKED = "api_client.revoked", "API client revoked"
+    WEBHOOK_SUBSCRIBED = "webhook.subscribed", "Webhook subscription created"
+    WEBHOOK_UNSUBSCRIBED = "webhook.unsubscribed", "Webhook subscription removed"
+    WEBHOOK_REDELIVERY = "webhook.redelivery", "Webhook redelivery requested"
+    WEBHOOK_DEAD_LETTERED = "webhook.dead_lettered", "Webhook delivery dead-lettered"
 
 
 class AuditEvent(models.Model):

@@ -10,9 +10,13 @@ from django.utils.html import format_html
 from audit.actors import Actor
 from operations.agents import versions as agent_versions
 from operations.agents.rules import rule_agent_save, rule_agent_try, rule_errors
+from operations.api.clients import api_client_create, api_client_revoke, api_client_rotate
+from operations.api.webhooks import webhook_redeliver
 from operations.errors import DomainError
 from operations.models import (
     AgentVersion,
+    ApiClient,
+    ApiScope,
     Case,
     Escalation,
     ModelArtifact,
@@ -21,6 +25,8 @@ from operations.models import (
     RuleAgentVersion,
     Step,
     StepRun,
+    WebhookDelivery,
+    WebhookSubscription,
     Workflow,
 )
 
@@ -240,3 +246,88 @@ class AgentVersionAdmin(ReadOnlyAdmin):
 class ModelArtifactAdmin(ReadOnlyAdmin):
     list_display = ("agent_key", "version", "training_rows", "training_digest", "created_at")
     list_filter = ("agent_key",)
+
+
+# --- REST API -------------------------------------------------------------------------------------------------------
+
+
+class ApiClientForm(forms.ModelForm):
+    scopes = forms.MultipleChoiceField(choices=ApiScope.choices, widget=forms.CheckboxSelectMultiple)
+    queues = forms.CharField(required=False, help_text="Escalation queues, one per line.", widget=forms.Textarea)
+
+    class Meta:
+        model = ApiClient
+        fields = ["name", "scopes", "queues", "throttle_rate"]
+
+    def clean_queues(self):
+        return [q.strip() for q in self.cleaned_data["queues"].splitlines() if q.strip()]
+
+
+@admin.register(ApiClient)
+class ApiClientAdmin(admin.ModelAdmin):
+    """Created, rotated and revoked through the services (audited); the key is shown once, in a message."""
+
+    list_display = ("name", "key_prefix", "scopes", "queues", "active", "created_at", "rotated_at", "revoked_at")
+    list_filter = ("active",)
+    readonly_fields = ("key_prefix", "active", "created_at", "rotated_at", "revoked_at")
+    actions = ["rotate_keys", "revoke"]
+
+    def get_form(self, request, obj=None, **kwargs):
+        return ApiClientForm if obj is None else super().get_form(request, obj, **kwargs)
+
+    def has_change_permission(self, request, obj=None):
+        return obj is None and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # revoke instead: the client's cases keep their owner
+
+    def save_model(self, request, obj, form, change):
+        data = form.cleaned_data
+        client, key = api_client_create(
+            name=data["name"],
+            scopes=list(data["scopes"]),
+            queues=data["queues"],
+            throttle_rate=data.get("throttle_rate", ""),
+            actor=Actor.user(request.user),
+        )
+        obj.pk = client.pk
+        messages.warning(request, f"The key of {client.name}, shown this once: {key}")
+
+    @admin.action(description="Rotate the key (shown once)")
+    def rotate_keys(self, request, queryset):
+        for client in queryset:
+            try:
+                client, key = api_client_rotate(client_id=client.pk, actor=Actor.user(request.user))
+            except DomainError as exc:
+                messages.error(request, f"{client.name}: {exc.message}")
+                continue
+            messages.warning(request, f"The new key of {client.name}, shown this once: {key}")
+
+    @admin.action(description="Revoke (the key stops working at once)")
+    def revoke(self, request, queryset):
+        for client in queryset:
+            api_client_revoke(client_id=client.pk, actor=Actor.user(request.user))
+        messages.success(request, f"{queryset.count()} client(s) revoked.")
+
+
+@admin.register(WebhookSubscription)
+class WebhookSubscriptionAdmin(ReadOnlyAdmin):
+    list_display = ("id", "client", "url", "events", "active", "created_at")
+    list_filter = ("active", "client")
+    exclude = ("secret",)
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(ReadOnlyAdmin):
+    list_display = ("id", "event_type", "event_id", "subscription", "status", "attempts", "next_attempt_at")
+    list_filter = ("status", "event_type")
+    list_select_related = ("subscription", "subscription__client")
+    actions = ["redeliver"]
+
+    @admin.action(description="Redeliver (same event id)")
+    def redeliver(self, request, queryset):
+        for delivery in queryset:
+            try:
+                webhook_redeliver(delivery_id=delivery.pk, actor=Actor.user(request.user))
+            except DomainError as exc:
+                messages.error(request, f"delivery {delivery.pk}: {exc.message}")

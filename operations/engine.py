@@ -108,7 +108,11 @@ class StepTx:
             StepRun.objects.bulk_create(self.runs)
         for write in self.deferred:
             write()
-        audit_record_many(build() for build in self.events)
+        events = [build() for build in self.events]
+        from operations.api.webhooks import webhooks_owe_for
+
+        webhooks_owe_for(self.case, events)  # the outbox of webhook deliveries, in this same transaction
+        audit_record_many(events)
         self.runs, self.deferred, self.events = [], [], []
 
 

@@ -142,6 +142,10 @@ class Case(models.Model):
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # the API client that submitted the case: it alone (of all clients) may see it
+    submitted_by_client = models.ForeignKey(
+        "ApiClient", null=True, blank=True, on_delete=models.PROTECT, related_name="cases"
+    )
 
     class Meta:
         constraints = [
@@ -249,6 +253,9 @@ class Escalation(models.Model):
     sla_deadline = models.DateTimeField(null=True, blank=True)
     claimed_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    claimed_by_client = models.ForeignKey(
+        "ApiClient", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
     resolution = models.CharField(max_length=16, choices=Resolution.choices, blank=True)
     resolution_note = models.TextField(blank=True)
@@ -467,3 +474,140 @@ class ModelArtifact(models.Model):
 
     def __str__(self) -> str:
         return f"{self.agent_key} model {self.version}"
+
+
+# --- REST API: clients, idempotency, webhooks -------------------------------------------------------------------------
+
+
+class ApiScope(models.TextChoices):
+    CASES_WRITE = "cases:write", "Submit and cancel cases"
+    CASES_READ = "cases:read", "Read its cases"
+    ESCALATIONS_READ = "escalations:read", "Read escalations of its queues"
+    ESCALATIONS_RESOLVE = "escalations:resolve", "Claim and resolve escalations of its queues"
+    GOVERNANCE_READ = "governance:read", "Read agents, policies and stop switches"
+    GOVERNANCE_STOP = "governance:stop", "Engage and release stop switches"
+    AUDIT_READ = "audit:read", "Read the audit trail"
+    METRICS_READ = "metrics:read", "Read metrics"
+    WEBHOOKS_MANAGE = "webhooks:manage", "Manage its webhook subscriptions and deliveries"
+
+
+class ApiClient(models.Model):
+    """An outside system (a claims intake, a CRM, a BI tool) that calls the API with a key. Only a hash of the key
+    is stored; the key is shown once, when created or rotated. Its scopes say what it may do, its queues which
+    escalations it may see and act on; the cases it submitted are the only cases it sees."""
+
+    name = models.CharField(max_length=100, unique=True)
+    key_prefix = models.CharField(max_length=16, unique=True, editable=False)
+    key_hash = models.CharField(max_length=64, editable=False)
+    scopes = models.JSONField(default=list, blank=True)
+    queues = models.JSONField(default=list, blank=True, help_text="Escalation queues this client may act on.")
+    throttle_rate = models.CharField(
+        max_length=32, blank=True, help_text="Requests per period, e.g. 600/min; empty: the default."
+    )
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    rotated_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def has_scope(self, scope: str) -> bool:
+        return scope in (self.scopes or [])
+
+
+class IdempotencyStatus(models.TextChoices):
+    IN_FLIGHT = "in_flight", "In flight"
+    DONE = "done", "Done"
+
+
+class IdempotencyRecord(models.Model):
+    """The first answer to a client's request under one ``Idempotency-Key``: a retry with the same key and body gets
+    the same answer and creates nothing. Kept at least 24 hours (a schedule deletes those older than 48)."""
+
+    client = models.ForeignKey(ApiClient, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=200)
+    request_hash = models.CharField(max_length=64)
+    status = models.CharField(max_length=16, choices=IdempotencyStatus.choices, default=IdempotencyStatus.IN_FLIGHT)
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_body = models.JSONField(null=True, blank=True, encoder=DjangoJSONEncoder)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    locked_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["client", "key"],
+                name="idempotency_client_key_unique",
+                violation_error_message="This idempotency key was already used by this client.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.client_id}:{self.key}"
+
+
+class WebhookEvent(models.TextChoices):
+    CASE_COMPLETED = "case.completed", "Case completed"
+    CASE_REJECTED = "case.rejected", "Case rejected"
+    ESCALATION_OPENED = "escalation.opened", "Escalation opened"
+    ESCALATION_RESOLVED = "escalation.resolved", "Escalation resolved"
+
+
+class WebhookSubscription(models.Model):
+    """A client's standing request to be told, by a signed HTTP POST to ``url``, when one of ``events`` happens to
+    something it may see. ``secret`` signs the deliveries (it must be readable to sign: it is shown to the client
+    once, at creation)."""
+
+    client = models.ForeignKey(ApiClient, on_delete=models.CASCADE, related_name="webhook_subscriptions")
+    url = models.URLField(max_length=500)
+    events = models.JSONField(default=list)
+    secret = models.CharField(max_length=100, editable=False)
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.client} -> {self.url}"
+
+
+class WebhookDeliveryStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    DELIVERED = "delivered", "Delivered"
+    DEAD = "dead", "Dead-lettered"
+
+
+class WebhookDelivery(models.Model):
+    """One event owed to one subscription, written in the same transaction as the change it reports (an outbox).
+    Retried with exponential backoff over a bounded window, then dead-lettered; ``log`` keeps every attempt's
+    status code or error. The event id is stable across attempts, so receivers can deduplicate."""
+
+    subscription = models.ForeignKey(WebhookSubscription, on_delete=models.CASCADE, related_name="deliveries")
+    event_id = models.UUIDField()
+    event_type = models.CharField(max_length=64, choices=WebhookEvent.choices)
+    payload = models.JSONField(default=dict, encoder=DjangoJSONEncoder)
+    status = models.CharField(
+        max_length=16, choices=WebhookDeliveryStatus.choices, default=WebhookDeliveryStatus.PENDING
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    log = models.JSONField(default=list, blank=True, encoder=DjangoJSONEncoder)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    dead_lettered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name_plural = "webhook deliveries"
+        constraints = [
+            models.UniqueConstraint(fields=["subscription", "event_id"], name="webhook_delivery_event_unique"),
+        ]
+        indexes = [models.Index(fields=["status", "next_attempt_at"], name="webhook_delivery_due_idx")]
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} {self.event_id} -> {self.subscription_id}"

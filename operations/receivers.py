@@ -7,6 +7,8 @@ SCHEDULES = [
     # (name, func, minutes)
     ("selfops: sweep stale cases", "operations.tasks.sweep", 1),
     ("selfops: escalation SLA breaches", "operations.tasks.check_slas", 1),
+    ("selfops: retry due webhook deliveries", "operations.api.tasks.deliver_due_webhooks", 1),
+    ("selfops: forget idempotency keys older than 48 h", "operations.api.tasks.idempotency_cleanup", 60),
 ]
 
 

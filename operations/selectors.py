@@ -47,13 +47,18 @@ def escalations_for(user, *, for_action: bool = False):
 
 
 def cases_for(user):
-    """Cases a user may see: everyone with a portal role reads cases (the escalations on them stay scoped by
-    queue); users without one see none."""
+    """Cases a user may see, in the portal and the API alike: every case for those who read everything (superusers,
+    governance admins, auditors, or the ``operations.view_case`` permission); for supervisors the cases that were
+    escalated to one of their queues; nothing for anyone else."""
     from operations import roles
     from operations.models import Case
 
     qs = Case.objects.select_related("workflow", "current_step")
-    return qs if roles.has_portal_role(user) else qs.none()
+    if not user.is_authenticated:
+        return qs.none()
+    if roles.reads_all(user) or user.has_perm("operations.view_case"):
+        return qs
+    return qs.filter(pk__in=escalations_for(user).values("case_id"))
 
 
 def case_timeline(*, case) -> list:
@@ -156,3 +161,30 @@ def agent_stats(*, since=None) -> list[dict]:
         )
         .order_by("agent_key", "agent_version")
     )
+
+
+def cases_visible_to(*, user=None, client=None):
+    """Cases a caller may see. An API client: the cases it submitted, nothing else. A portal user: what the portal
+    shows them (``cases_for``)."""
+    from operations.models import Case
+
+    qs = Case.objects.select_related("workflow", "current_step")
+    if client is not None:
+        return qs.filter(submitted_by_client=client)
+    if user is None or not user.is_authenticated:
+        return qs.none()
+    return cases_for(user)  # the portal's rule: an API session sees what the portal shows
+
+
+def escalations_visible_to(*, user=None, client=None):
+    """Escalations a caller may see and act on: those of its queues (a client's configured queues, a user's
+    groups; every queue for superusers)."""
+    from operations.models import Escalation
+
+    if client is not None:
+        return Escalation.objects.select_related("case", "step", "case__workflow").filter(
+            queue__in=list(client.queues or [])
+        )
+    if user is None or not user.is_authenticated:
+        return Escalation.objects.none()
+    return escalations_for(user)

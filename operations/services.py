@@ -54,9 +54,10 @@ def payload_errors(workflow: Workflow, payload: Any) -> dict[str, str]:
     return errors
 
 
-def case_submit(*, workflow_key: str, reference: str, payload: dict, actor: Actor) -> Case:
+def case_submit(*, workflow_key: str, reference: str, payload: dict, actor: Actor, submitted_by_client=None) -> Case:
     """Create a case on the newest active version of ``workflow_key`` and hand it to the workers. Bad input raises
-    ``ValidationFailed`` with every field error and stores nothing."""
+    ``ValidationFailed`` with every field error and stores nothing. ``submitted_by_client`` (an ``ApiClient``) is
+    the only client that will see the case."""
     workflow = active_workflow(workflow_key)
     if workflow is None:
         raise ValidationFailed(f"unknown or inactive workflow '{workflow_key}'", fields={"workflow": "unknown"})
@@ -75,6 +76,7 @@ def case_submit(*, workflow_key: str, reference: str, payload: dict, actor: Acto
                 payload=payload,
                 current_step_id=workflow.first_step_id,
                 submitted_by=actor.label,
+                submitted_by_client=submitted_by_client,
             )
             audit_record(
                 actor=actor,
@@ -147,8 +149,11 @@ def escalation_resolve(
         # --- portal: scope and claims -----------------------------------------------------------------------------
         if user is not None:
             _check_may_act_on(user, escalation)
-        if escalation.claimed_by_id and user is not None and escalation.claimed_by_id != user.pk:
-            raise Conflict(f"this escalation is claimed by {escalation.claimed_by}; ask them or a senior to release it")
+        holder = (escalation.claimed_by_id, escalation.claimed_by_client_id)
+        me = (user.pk if user is not None else None, int(actor.id) if actor.kind == "api_client" else None)
+        if any(holder) and holder != me:
+            claimant = escalation.claimed_by or escalation.claimed_by_client
+            raise Conflict(f"this escalation is claimed by {claimant}; ask them or a senior to release it")
         # -----------------------------------------------------------------------------------------------------------
         step = escalation.step
         tx = StepTx(case)
@@ -526,21 +531,33 @@ def _locked_escalation(escalation_id: int) -> Escalation:
     return escalation
 
 
-def escalation_claim(*, escalation_id: int, actor: Actor) -> Escalation:
-    """Take an open escalation: others see who works on it and cannot resolve it meanwhile."""
-    user = _acting_user(actor)
+def escalation_claim(*, escalation_id: int, actor: Actor, client=None) -> Escalation:
+    """Take an open escalation to work on it: a person (checked against their roles and queues) or an API client
+    (``client``; the API has checked its scope and queues). Others see who holds it and cannot resolve it meanwhile;
+    claiming what one already holds changes nothing, claiming what someone else holds is a ``Conflict``."""
+    user = _acting_user(actor) if client is None else None
     with transaction.atomic():
         escalation = _locked_escalation(escalation_id)
-        _check_may_act_on(user, escalation)
+        if user is not None:
+            _check_may_act_on(user, escalation)
         if escalation.status != EscalationStatus.OPEN:
             raise Conflict("this escalation is no longer open")
-        if escalation.claimed_by_id == user.pk:
+        holder = (escalation.claimed_by_id, escalation.claimed_by_client_id)
+        if holder == (getattr(user, "pk", None), getattr(client, "pk", None)):
             return escalation
-        if escalation.claimed_by_id:
-            raise Conflict(f"this escalation is already claimed by {escalation.claimed_by}")
-        escalation.claimed_by, escalation.claimed_at = user, timezone.now()
-        escalation.save(update_fields=["claimed_by", "claimed_at"])
-        audit_record(actor=actor, action=AuditAction.ESCALATION_CLAIMED, subject=escalation, case_id=escalation.case_id)
+        if any(holder):
+            raise Conflict(
+                f"this escalation is already claimed by {escalation.claimed_by or escalation.claimed_by_client}"
+            )
+        escalation.claimed_by, escalation.claimed_by_client, escalation.claimed_at = user, client, timezone.now()
+        escalation.save(update_fields=["claimed_by", "claimed_by_client", "claimed_at"])
+        audit_record(
+            actor=actor,
+            action=AuditAction.ESCALATION_CLAIMED,
+            subject=escalation,
+            case_id=escalation.case_id,
+            data={"queue": escalation.queue},
+        )
     return escalation
 
 
@@ -746,3 +763,29 @@ def escalations_sla_check(*, now=None, limit: int = 1000) -> dict[str, int]:
 
         transaction.on_commit(send)
     return {"breached": len(breached), "reassigned": len(overdue)}
+
+
+def case_cancel(*, case_id: int, actor: Actor, reason: str) -> Case:
+    """Cancel an open case (running or waiting): its open escalation is cancelled with it and the engine stops at
+    its next step. A finished case cannot be cancelled (``TransitionNotAllowed``, 409)."""
+    if not (reason or "").strip():
+        raise ValidationFailed("a reason is required to cancel a case", fields={"reason": "required"})
+    with transaction.atomic():
+        # Lock order: the case row first, then its escalations. A worker mid-step holds the case row; we wait for
+        # its step to commit, and it stops at the next one because the case is no longer running.
+        case = Case.objects.select_for_update(of=("self",)).select_related("workflow").get(pk=case_id)
+        tx = StepTx(case)
+        case.transition(CaseStatus.CANCELLED)
+        case.current_step, case.finished_at, case.wait_reason = None, timezone.now(), WaitReason.NONE
+        case.lease_owner, case.lease_expires_at = "", None
+        for escalation in Escalation.objects.select_for_update(of=("self",)).filter(
+            case=case, status=EscalationStatus.OPEN
+        ):
+            escalation.transition(EscalationStatus.CANCELLED)
+            escalation.resolved_by, escalation.resolved_at = actor.label, timezone.now()
+            escalation.resolution_note = reason
+            escalation.save()
+        case.save()
+        tx.audit(actor=actor, action=AuditAction.CASE_CANCELLED, data={"note": reason})
+        tx.flush()
+    return case

@@ -45,6 +45,8 @@ INSTALLED_APPS = [
     "django_filters",
     "django_htmx",
     "django_q",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "selfops",
     "audit",
     "governance",
@@ -144,9 +146,39 @@ DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="claims@selfops.examp
 
 # --- REST -----------------------------------------------------------------------------------------------------------
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "operations.api.auth.ApiKeyAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated", "operations.api.permissions.HasScope"],
+    "DEFAULT_SCHEMA_CLASS": "operations.api.schema.SelfopsAutoSchema",
+    # per API client (or portal user), in the default cache: it must be shared by all web processes (CACHE_URL)
+    "DEFAULT_THROTTLE_CLASSES": ["operations.api.throttling.ClientRateThrottle"],
+    "EXCEPTION_HANDLER": "operations.api.errors.exception_handler",
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "selfops API",
+    "DESCRIPTION": "Submit and follow cases, resolve escalations, read governance and audit, receive signed webhooks. "
+    "Authenticate with `Authorization: Bearer <key>`. Every error has the shape "
+    '`{"error": code, "message": text, "fields": {field: text}}`.',
+    "VERSION": "1.0.0",
+    "OAS_VERSION": "3.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SCHEMA_PATH_PREFIX": r"/api/v1",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "CaseStatusEnum": "operations.models.CaseStatus",
+        "EscalationStatusEnum": "operations.models.EscalationStatus",
+        "StepRunStatusEnum": "operations.models.StepRunStatus",
+        "WebhookDeliveryStatusEnum": "operations.models.WebhookDeliveryStatus",
+        "WebhookEventEnum": "operations.models.WebhookEvent",
+    },
+    "WEBHOOKS": "operations.api.schema.WEBHOOKS",
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # --- workers (django-q2) --------------------------------------------------------------------------------------------
@@ -187,6 +219,11 @@ SELFOPS = {
     "SUPERVISOR_APPROVAL_LIMIT": env.str("SELFOPS_SUPERVISOR_APPROVAL_LIMIT", default="10000"),
     "SENIOR_APPROVAL_LIMIT": env.str("SELFOPS_SENIOR_APPROVAL_LIMIT", default="50000"),
     "SLA_REASSIGN_AFTER": env.int("SELFOPS_SLA_REASSIGN_AFTER", default=4 * 3600),  # seconds past the deadline
+    # REST API: requests per client per period (a client's own rate wins); webhook retries and timeout
+    "API_THROTTLE_RATE": env.str("SELFOPS_API_THROTTLE_RATE", default="600/min"),
+    "WEBHOOK_MAX_ATTEMPTS": env.int("SELFOPS_WEBHOOK_MAX_ATTEMPTS", default=8),
+    "WEBHOOK_BACKOFF_SECONDS": env.float("SELFOPS_WEBHOOK_BACKOFF_SECONDS", default=30.0),
+    "WEBHOOK_TIMEOUT": env.float("SELFOPS_WEBHOOK_TIMEOUT", default=10.0),
 }
 
 LOGGING = {
