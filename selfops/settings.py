@@ -61,6 +61,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "audit.middleware.CorrelationIdMiddleware",
 ]
 
 ROOT_URLCONF = "selfops.urls"
@@ -181,6 +182,11 @@ SELFOPS = {
     "SWEEP_STALE_AFTER": env.int("SELFOPS_SWEEP_STALE_AFTER", default=120),
     "DEFAULT_SLA_SECONDS": env.int("SELFOPS_DEFAULT_SLA_SECONDS", default=4 * 3600),
 }
+
+# --- audit ----------------------------------------------------------------------------------------------------------
+# HMAC key signing chain-head digests; empty: derived from SECRET_KEY (README "Audit trail": set it in production).
+AUDIT_DIGEST_KEY = env.str("AUDIT_DIGEST_KEY", default="")
+AUDIT_DIGEST_DIR = Path(env.str("AUDIT_DIGEST_DIR", default=str(VAR_DIR / "digests")))
 
 LOGGING = {
     "version": 1,
