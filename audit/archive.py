@@ -14,7 +14,7 @@ from pathlib import Path
 from django.db import connection, transaction
 from django.utils import timezone
 
-from audit.chain import CANONICAL_VERSION, CHAINED_FIELDS, GENESIS, SELECT_COLUMNS, row_to_event, utc_iso
+from audit.chain import CANONICAL_VERSION, CHAINED_FIELDS, GENESIS, row_to_event, select_columns, utc_iso
 from audit.digests import sign
 from audit.triggers import TABLE
 from audit.verification import CHUNK, VerifyResult, verify_rows
@@ -52,7 +52,8 @@ def export_range(*, from_seq: int, to_seq: int, out: str | Path) -> int:
         last_hash = header["prev_hash"]
         with connection.chunked_cursor() as cursor:
             cursor.execute(
-                f"SELECT {SELECT_COLUMNS} FROM {TABLE} WHERE seal_seq BETWEEN %s AND %s ORDER BY seal_seq",  # noqa: S608
+                f"SELECT {select_columns(connection.vendor)} FROM {TABLE} "  # noqa: S608
+                "WHERE seal_seq BETWEEN %s AND %s ORDER BY seal_seq",
                 [from_seq, to_seq],
             )
             while chunk := cursor.fetchmany(CHUNK):

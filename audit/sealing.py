@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from django.db import connection, transaction
 
-from audit.chain import GENESIS, SELECT_COLUMNS, canonical_json, link, row_to_event
+from audit.chain import GENESIS, canonical_json, link, row_to_event, select_columns
 from audit.triggers import TABLE
 
 # pg_advisory_xact_lock key: "selfops audit sealer"
@@ -52,8 +52,10 @@ def _write(cursor, ids: list[int], seqs: list[int], hashes: list[str]) -> None:
     if connection.vendor == "postgresql":
         cursor.execute(
             f"UPDATE {TABLE} AS e SET seal_seq = v.seq, hash = v.hash "  # noqa: S608
-            "FROM unnest(%s::bigint[], %s::bigint[], %s::text[]) AS v(id, seq, hash) WHERE e.id = v.id",
-            [ids, seqs, hashes],
+            "FROM unnest(%s::bigint[], %s::bigint[], %s::text[]) AS v(id, seq, hash) "
+            # the id range lets the planner walk the unsealed index instead of the whole table
+            "WHERE e.id = v.id AND e.seal_seq IS NULL AND e.id BETWEEN %s AND %s",
+            [ids, seqs, hashes, min(ids), max(ids)],
         )
     else:
         cursor.executemany(
@@ -68,7 +70,7 @@ def seal_batch(batch_size: int = DEFAULT_BATCH_SIZE) -> int:
         _lock(cursor)
         head_seq, prev = chain_head(cursor)
         cursor.execute(
-            f"SELECT {SELECT_COLUMNS} FROM {TABLE} WHERE seal_seq IS NULL ORDER BY id LIMIT %s",  # noqa: S608
+            f"SELECT {select_columns(connection.vendor)} FROM {TABLE} WHERE seal_seq IS NULL ORDER BY id LIMIT %s",  # noqa: S608
             [batch_size],
         )
         rows = cursor.fetchall()

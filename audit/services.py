@@ -47,7 +47,8 @@ def _redact_str(value: str, secrets: tuple[str, ...]) -> str:
 def redact(data: Any, *, _secrets: tuple[str, ...] | None = None) -> Any:
     """A copy of ``data`` fit for the audit trail: values under secret-looking keys (password, secret, token,
     api_key, ...) replaced by ``[redacted]``, runs of 12+ digits masked to their last four, and the deployment's own
-    secrets (SECRET_KEY, the digest key, database passwords) removed wherever they appear."""
+    secrets (SECRET_KEY, the digest key, database passwords) removed wherever they appear. Floats that JSON writers
+    would put in exponent notation (and NaN, infinities) are kept as their string form (``audit.chain``)."""
     secrets = _known_secrets() if _secrets is None else _secrets
     if isinstance(data, dict):
         return {
@@ -60,6 +61,8 @@ def redact(data: Any, *, _secrets: tuple[str, ...] | None = None) -> Any:
         return _redact_str(data, secrets)
     if isinstance(data, int) and not isinstance(data, bool) and abs(data) >= 10**11:
         return _mask_digits(_LONG_DIGITS.search(str(abs(data))))
+    if isinstance(data, float) and data and not 1e-4 <= abs(data) < 1e16:
+        return repr(data)  # exponent notation is where JSON writers disagree: keep the hash chain's bytes unambiguous
     return data
 
 

@@ -7,6 +7,9 @@ its own; a signed digest published earlier catches that (``audit.digests``).
 
 from __future__ import annotations
 
+import contextlib
+import queue
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -14,7 +17,7 @@ from dataclasses import dataclass, field
 from django.db import connection, transaction
 from django.utils import timezone
 
-from audit.chain import GENESIS, SELECT_COLUMNS, canonical_json, link, row_to_event
+from audit.chain import GENESIS, canonical_json, link, row_to_event, select_columns
 from audit.models import AuditEvent, VerificationRun
 from audit.sealing import chain_head
 from audit.triggers import TABLE
@@ -75,10 +78,40 @@ def _stream(up_to: int | None):
     where = "seal_seq IS NOT NULL" + (" AND seal_seq <= %s" if up_to is not None else "")
     params = [up_to] if up_to is not None else []
     # A server-side cursor on PostgreSQL: a million rows stream in chunks instead of landing in memory at once.
+    # A helper thread fetches the next chunk while this one is hashed, so the database's work (mostly jsonb output)
+    # and ours overlap; it touches only the driver's cursor, and only it does.
     with connection.chunked_cursor() as cursor:
-        cursor.execute(f"SELECT {SELECT_COLUMNS} FROM {TABLE} WHERE {where} ORDER BY seal_seq", params)  # noqa: S608
-        while chunk := cursor.fetchmany(CHUNK):
-            yield from chunk
+        columns = select_columns(connection.vendor)
+        cursor.execute(f"SELECT {columns} FROM {TABLE} WHERE {where} ORDER BY seal_seq", params)  # noqa: S608
+        chunks: queue.Queue = queue.Queue(maxsize=2)
+        stop = threading.Event()
+
+        def fetch():
+            try:
+                while not stop.is_set():
+                    chunk = cursor.cursor.fetchmany(CHUNK)
+                    chunks.put(chunk)
+                    if not chunk:
+                        return
+            except BaseException as exc:
+                chunks.put(exc)
+
+        fetcher = threading.Thread(target=fetch, name="audit-verify-fetch", daemon=True)
+        fetcher.start()
+        try:
+            while True:
+                chunk = chunks.get()
+                if isinstance(chunk, BaseException):
+                    raise chunk
+                if not chunk:
+                    return
+                yield from chunk
+        finally:
+            stop.set()
+            while fetcher.is_alive():  # unblock a fetcher waiting on a full queue, then let it finish
+                with contextlib.suppress(queue.Empty):
+                    chunks.get(timeout=0.1)
+            fetcher.join()
 
 
 def verify(*, up_to: int | None = None, remember: Iterable[int] = (), record: bool = True) -> VerifyResult:

@@ -3,6 +3,14 @@
 import django.utils.timezone
 from django.db import migrations, models
 
+from audit import triggers
+
+
+def reinstall_triggers(apps, schema_editor):
+    # PostgreSQL: the trigger function now compares data as jsonb (CREATE OR REPLACE); SQLite's are unchanged.
+    if schema_editor.connection.vendor == "postgresql":
+        triggers.install(schema_editor.connection)
+
 
 class Migration(migrations.Migration):
     dependencies = [
@@ -73,4 +81,5 @@ class Migration(migrations.Migration):
                 condition=models.Q(("seal_seq__isnull", True)), fields=["id"], name="audit_unsealed_idx"
             ),
         ),
+        migrations.RunPython(reinstall_triggers, migrations.RunPython.noop),
     ]

@@ -170,3 +170,35 @@ def test_the_scheduled_tasks_seal_and_export_a_digest(settings, tmp_path):
     assert '"seq": 2' in Path(path).read_text()
     record(1)
     assert tasks.seal_events() == 1
+
+
+def test_the_fast_canonical_form_equals_the_documented_one():
+    # given an event with the kinds of values the writer stores
+    from audit.chain import canonical_json_reference
+    from audit.services import redact
+
+    data = redact(
+        {
+            "proposal": {
+                "amount": "1234.50",
+                "confidence": 0.87,
+                "outcome": "assessed",
+                "data": {"z": [1, None, True]},
+            },
+            "tiny": 1e-7,
+            "huge": 1e300,
+            "text": 'é \u2028 \x1f "quoted" / \\',
+            "nested": {"b": 2, "a": 1},
+        }
+    )
+    event = {"seal_seq": 1, "id": 7, "occurred_at": "2026-11-25T20:01:02.000300Z", "case_id": None, "data": data}
+
+    # then orjson's bytes are exactly json.dumps(sort_keys, compact, ensure_ascii=False)
+    assert canonical_json(event) == canonical_json_reference(event)
+    assert data["tiny"] == "1e-07" and data["huge"] == "1e+300"
+
+
+def test_utc_iso_normalises_database_time_texts():
+    assert utc_iso("2026-11-25 20:01:02.0003") == "2026-11-25T20:01:02.000300Z"
+    assert utc_iso("2026-11-25 20:01:02") == "2026-11-25T20:01:02.000000Z"
+    assert utc_iso("2026-11-25T21:01:02.5+01:00") == "2026-11-25T20:01:02.500000Z"
