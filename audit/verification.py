@@ -74,9 +74,9 @@ def verify_rows(
     return result
 
 
-def _stream(up_to: int | None):
-    where = "seal_seq IS NOT NULL" + (" AND seal_seq <= %s" if up_to is not None else "")
-    params = [up_to] if up_to is not None else []
+def _stream(up_to: int | None, from_seq: int = 1):
+    where = "seal_seq >= %s" + (" AND seal_seq <= %s" if up_to is not None else "")
+    params = [from_seq] + ([up_to] if up_to is not None else [])
     # A server-side cursor on PostgreSQL: a million rows stream in chunks instead of landing in memory at once.
     # A helper thread fetches the next chunk while this one is hashed, so the database's work (mostly jsonb output)
     # and ours overlap; it touches only the driver's cursor, and only it does.
@@ -114,11 +114,19 @@ def _stream(up_to: int | None):
             fetcher.join()
 
 
-def verify(*, up_to: int | None = None, remember: Iterable[int] = (), record: bool = True) -> VerifyResult:
-    """Recompute the chain (up to ``up_to``) from the database and record the run."""
+def verify(
+    *,
+    up_to: int | None = None,
+    from_seq: int = 1,
+    prev_hash: str = GENESIS,
+    remember: Iterable[int] = (),
+    record: bool = True,
+) -> VerifyResult:
+    """Recompute the chain (from ``from_seq``, whose predecessor's hash is ``prev_hash``: for a database whose older
+    events were archived; up to ``up_to``) and record the run."""
     started, t0 = timezone.now(), time.perf_counter()
     with transaction.atomic():
-        result = verify_rows(_stream(up_to), remember=remember)
+        result = verify_rows(_stream(up_to, from_seq), start_seq=from_seq, prev_hash=prev_hash, remember=remember)
     if result.ok and up_to is not None and result.head_seq != up_to:
         result.ok = False
         result.first_bad_seq = (result.head_seq or 0) + 1

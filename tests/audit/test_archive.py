@@ -60,3 +60,24 @@ def test_export_refuses_a_range_beyond_the_sealed_head(tmp_path):
     seal()
     with pytest.raises(CommandError, match="sealed up to #2"):
         call_command("audit_export", "--from-seq", "1", "--to-seq", "3", "--out", str(tmp_path / "x.jsonl"))
+
+
+def test_after_archiving_the_rest_of_the_chain_verifies_from_the_archives_last_hash(tmp_path, no_triggers, capsys):
+    # given #1..#3 archived and removed from the database by a DBA
+    record(6)
+    seal()
+    out = tmp_path / "a.jsonl"
+    call_command("audit_export", "--from-seq", "1", "--to-seq", "3", "--out", str(out))
+    last_hash = verify_archive(out).head_hash
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM audit_auditevent WHERE seal_seq <= 3")
+
+    # then the remainder verifies from #4 with the archive's last hash, and not with a wrong one
+    call_command("audit_verify", "--from-seq", "4", "--prev-hash", last_hash)
+    assert "chain intact: 3 events" in capsys.readouterr().out
+    with pytest.raises(CommandError, match="broken at seal_seq 4"):
+        call_command("audit_verify", "--from-seq", "4", "--prev-hash", "f" * 64)
+    with pytest.raises(CommandError, match="broken at seal_seq 1"):
+        call_command("audit_verify")

@@ -1,6 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from audit.archive import ArchiveError, verify_archive
+from audit.chain import GENESIS
 from audit.digests import DigestError, load
 from audit.verification import verify, verify_digest
 
@@ -14,15 +15,19 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--digest", help="a digest file written by audit_digest")
         parser.add_argument("--archive", help="a .jsonl range written by audit_export (checked without the database)")
+        parser.add_argument("--from-seq", type=int, default=1, help="start here (older events archived)")
+        parser.add_argument("--prev-hash", default="", help="the hash of event FROM_SEQ-1 (the last archive's last)")
 
-    def handle(self, *args, digest=None, archive=None, **options):
+    def handle(self, *args, digest=None, archive=None, from_seq=1, prev_hash="", **options):
+        if from_seq > 1 and not prev_hash:
+            raise CommandError("--from-seq needs --prev-hash: the hash of the last archived event")
         try:
             if archive:
                 result = verify_archive(archive)
             elif digest:
                 result = verify_digest(load(digest))
             else:
-                result = verify()
+                result = verify(from_seq=from_seq, prev_hash=prev_hash or GENESIS)
         except (DigestError, ArchiveError) as exc:
             raise CommandError(str(exc)) from exc
         if not result.ok:
