@@ -33,7 +33,6 @@ class AuditAction(models.TextChoices):
     STOP_ENGAGED = "stop.engaged", "Stop switch engaged"
     STOP_RELEASED = "stop.released", "Stop switch released"
     REFERENCE_LOADED = "reference.loaded", "Reference data loaded"
-    AUDIT_VERIFIED = "audit.verified", "Audit chain verified"
 
 
 class AuditEvent(models.Model):
