@@ -1,5 +1,6 @@
 """Auditor pages: the chain's status, the event browser, and the per-case dossier (JSON and printable HTML)."""
 
+import json
 from functools import wraps
 
 from django.contrib.auth.decorators import login_required
@@ -56,4 +57,6 @@ def dossier_json(request, case_id: int):
 
 @auditor_required
 def dossier_html(request, case_id: int):
-    return render(request, "audit/dossier.html", {"dossier": _dossier(case_id)})
+    dossier = _dossier(case_id)
+    events = [(e, json.dumps(e["data"], indent=2, sort_keys=True, ensure_ascii=False)) for e in dossier["events"]]
+    return render(request, "audit/dossier.html", {"dossier": dossier, "events": events})

@@ -74,4 +74,5 @@ def test_dossier_pages_json_and_printable_html(client, claim_generator):
     assert data["case"]["id"] == case.pk and data["events"][0]["action"] == AuditAction.CASE_SUBMITTED
     page = client.get(f"/audit/cases/{case.pk}/dossier/").content.decode()
     assert case.reference in page and data["events"][-1]["proof"]["hash"] in page
+    assert "&quot;workflow&quot;: &quot;claims&quot;" in page  # the data, as indented JSON
     assert client.get("/audit/cases/987654/dossier.json").status_code == 404
