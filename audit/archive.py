@@ -14,7 +14,7 @@ from pathlib import Path
 from django.db import connection, transaction
 from django.utils import timezone
 
-from audit.chain import CANONICAL_VERSION, CHAINED_FIELDS, GENESIS, row_to_event, select_columns, utc_iso
+from audit.chain import CANONICAL_VERSION, CHAINED_FIELDS, GENESIS, select_columns, to_event, utc_iso
 from audit.digests import sign
 from audit.triggers import TABLE
 from audit.verification import CHUNK, VerifyResult, verify_rows
@@ -58,9 +58,10 @@ def export_range(*, from_seq: int, to_seq: int, out: str | Path) -> int:
             )
             while chunk := cursor.fetchmany(CHUNK):
                 for r in chunk:
-                    line = {"type": "event", **row_to_event(r), "hash": r[13]}
+                    _, event, stored = to_event(r, connection.vendor)
+                    line = {"type": "event", **event, "hash": stored}
                     f.write(json.dumps(line, ensure_ascii=False, separators=(",", ":")) + "\n")
-                    last_hash = r[13]
+                    last_hash = stored
                     written += 1
         digest = sign({"seq": to_seq, "hash": last_hash, "time": utc_iso(timezone.now())})
         f.write(json.dumps({"type": "digest", **digest}, separators=(",", ":")) + "\n")
@@ -80,7 +81,9 @@ def verify_archive(path: str | Path) -> VerifyResult:
     if digest.get("type") != "digest":
         raise ArchiveError(f"{path} has no closing digest: truncated?")
     check_signature(digest)
-    rows = (tuple(e[k] for k in CHAINED_FIELDS) + (e["hash"],) for e in lines[1:-1] if e.get("type") == "event")
+    rows = (
+        (e["seal_seq"], {k: e[k] for k in CHAINED_FIELDS}, e["hash"]) for e in lines[1:-1] if e.get("type") == "event"
+    )
     result = verify_rows(rows, start_seq=header["from_seq"], prev_hash=header["prev_hash"])
     if result.ok and (result.head_seq != header["to_seq"] or digest["seq"] != header["to_seq"]):
         result.ok, result.first_bad_seq = False, (result.head_seq or header["from_seq"] - 1) + 1

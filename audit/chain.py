@@ -46,12 +46,26 @@ CHAINED_FIELDS = (
 )
 # The columns the sealer and verifier read, in this order (CHAINED_FIELDS, then the stored hash).
 SELECT_COLUMNS = ", ".join(CHAINED_FIELDS) + ", hash"
-# On PostgreSQL the time comes as UTC text (cheaper than building datetime objects, and than to_char).
-PG_SELECT_COLUMNS = SELECT_COLUMNS.replace("occurred_at", "(occurred_at AT TIME ZONE 'UTC')::text", 1)
+_PG_EXPRESSIONS = {"occurred_at": """to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""}
+# On PostgreSQL the database builds each event as one JSON text (in C, on the server's core), so the client parses one
+# value per row instead of converting fourteen columns: verifying is bound by the client's work.
+PG_SELECT_COLUMNS = (
+    "seal_seq, json_build_object("
+    + ", ".join(f"'{f}', {_PG_EXPRESSIONS.get(f, f)}" for f in CHAINED_FIELDS)
+    + ")::text, hash"
+)
 
 
 def select_columns(vendor: str) -> str:
+    """The columns to select for ``to_event``."""
     return PG_SELECT_COLUMNS if vendor == "postgresql" else SELECT_COLUMNS
+
+
+def to_event(row, vendor: str) -> tuple[int | None, dict, str]:
+    """(seal_seq, canonical event dict, stored hash) of a row selected with ``select_columns(vendor)``."""
+    if vendor == "postgresql":
+        return row[0], orjson.loads(row[1]), row[2]
+    return row[0], row_to_event(row), row[13]
 
 
 _UTC = dt.UTC

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from django.db import connection, transaction
 
-from audit.chain import GENESIS, canonical_json, link, row_to_event, select_columns
+from audit.chain import GENESIS, canonical_json, link, select_columns, to_event
 from audit.triggers import TABLE
 
 # pg_advisory_xact_lock key: "selfops audit sealer"
@@ -80,9 +80,10 @@ def seal_batch(batch_size: int = DEFAULT_BATCH_SIZE) -> int:
         ids, seqs, hashes = [], [], []
         for row in rows:
             seq += 1
-            event = row_to_event((seq, *row[1:]))
+            _, event, _ = to_event(row, connection.vendor)
+            event["seal_seq"] = seq
             prev = link(prev, canonical_json(event))
-            ids.append(row[1])
+            ids.append(event["id"])
             seqs.append(seq)
             hashes.append(prev)
         _write(cursor, ids, seqs, hashes)

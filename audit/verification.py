@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from django.db import connection, transaction
 from django.utils import timezone
 
-from audit.chain import GENESIS, canonical_json, link, row_to_event, select_columns
+from audit.chain import GENESIS, canonical_json, link, select_columns, to_event
 from audit.models import AuditEvent, VerificationRun
 from audit.sealing import chain_head
 from audit.triggers import TABLE
@@ -44,21 +44,21 @@ class VerifyResult:
 def verify_rows(
     rows: Iterable, *, start_seq: int = 1, prev_hash: str = GENESIS, remember: Iterable[int] = ()
 ) -> VerifyResult:
-    """Check rows (``SELECT_COLUMNS`` order, by seal_seq) chain from ``prev_hash`` starting at ``start_seq``."""
+    """Check ``(seal_seq, event dict, stored hash)`` triples, by seal_seq, chain from ``prev_hash`` starting at
+    ``start_seq``."""
     remember = set(remember)
     result = VerifyResult(ok=True)
     expected = start_seq
     prev = prev_hash
     checked = 0
-    for row in rows:
-        seq = row[0]
+    for seq, event, stored in rows:
         if seq != expected:
             result.ok = False
             result.first_bad_seq = expected
             result.problem = f"expected event #{expected}, found #{seq}: missing or renumbered events"
             break
-        recomputed = link(prev, canonical_json(row_to_event(row)))
-        if recomputed != row[13]:
+        recomputed = link(prev, canonical_json(event))
+        if recomputed != stored:
             result.ok = False
             result.first_bad_seq = seq
             result.problem = "stored hash does not match the recomputed hash: the event or its predecessors changed"
@@ -80,8 +80,9 @@ def _stream(up_to: int | None, from_seq: int = 1):
     # A server-side cursor on PostgreSQL: a million rows stream in chunks instead of landing in memory at once.
     # A helper thread fetches the next chunk while this one is hashed, so the database's work (mostly jsonb output)
     # and ours overlap; it touches only the driver's cursor, and only it does.
+    vendor = connection.vendor
     with connection.chunked_cursor() as cursor:
-        columns = select_columns(connection.vendor)
+        columns = select_columns(vendor)
         cursor.execute(f"SELECT {columns} FROM {TABLE} WHERE {where} ORDER BY seal_seq", params)  # noqa: S608
         chunks: queue.Queue = queue.Queue(maxsize=2)
         stop = threading.Event()
@@ -105,7 +106,8 @@ def _stream(up_to: int | None, from_seq: int = 1):
                     raise chunk
                 if not chunk:
                     return
-                yield from chunk
+                for row in chunk:
+                    yield to_event(row, vendor)
         finally:
             stop.set()
             while fetcher.is_alive():  # unblock a fetcher waiting on a full queue, then let it finish

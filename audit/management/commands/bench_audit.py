@@ -89,6 +89,8 @@ class Command(BaseCommand):
             raise CommandError("--events, --cases and --rounds must be at least 1")
         old_name = connection.settings_dict["NAME"]
         self.stdout.write(f"creating a throwaway database ({connection.vendor}) ...")
+        if connection.vendor == "postgresql":  # a name of its own: a test run on the same server uses test_<name>
+            connection.settings_dict.setdefault("TEST", {})["NAME"] = f"bench_audit_{os.getpid()}"
         connection.creation.create_test_db(verbosity=0, autoclobber=True, serialize=False)
         try:
             self._run(events, batch_size, cases, rounds)
