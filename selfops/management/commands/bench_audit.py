@@ -1,6 +1,9 @@
 """Benchmark of the audit trail, all figures from one run, in a throwaway database (never the real trail: events
 cannot be deleted, so a benchmark must not write into it).
 
+It lives in the project package, not in ``audit``, because it drives the claims workflow: audit imports nothing of
+operations.
+
 1. insert N realistic events set-based (one INSERT ... SELECT);
 2. seal them (events/s);
 3. verify the chain (events/s);
