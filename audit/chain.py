@@ -46,7 +46,8 @@ CHAINED_FIELDS = (
 )
 # The columns the sealer and verifier read, in this order (CHAINED_FIELDS, then the stored hash).
 SELECT_COLUMNS = ", ".join(CHAINED_FIELDS) + ", hash"
-_PG_EXPRESSIONS = {"occurred_at": """to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""}
+# UTC wall time: JSON writes it "YYYY-MM-DDTHH:MM:SS[.f]" (cheaper than to_char); utc_iso pads it on the client.
+_PG_EXPRESSIONS = {"occurred_at": "occurred_at AT TIME ZONE 'UTC'"}
 # On PostgreSQL the database builds each event as one JSON text (in C, on the server's core), so the client parses one
 # value per row instead of converting fourteen columns: verifying is bound by the client's work.
 PG_SELECT_COLUMNS = (
@@ -64,7 +65,9 @@ def select_columns(vendor: str) -> str:
 def to_event(row, vendor: str) -> tuple[int | None, dict, str]:
     """(seal_seq, canonical event dict, stored hash) of a row selected with ``select_columns(vendor)``."""
     if vendor == "postgresql":
-        return row[0], orjson.loads(row[1]), row[2]
+        event = orjson.loads(row[1])
+        event["occurred_at"] = utc_iso(event["occurred_at"])
+        return row[0], event, row[2]
     return row[0], row_to_event(row), row[13]
 
 
@@ -86,8 +89,9 @@ def utc_iso(value: dt.datetime | str) -> str:
     if isinstance(value, str):
         if len(value) == 27 and value[-1] == "Z" and value[10] == "T":
             return value  # already canonical
-        if len(value) >= 19 and value[10] == " " and value[4] == "-" and "+" not in value[19:]:
-            # "YYYY-MM-DD HH:MM:SS[.f...]" in UTC, as PostgreSQL's timestamp text (trailing zeros trimmed)
+        tail = value[19:]
+        if len(value) >= 19 and value[10] in " T" and value[4] == "-" and not any(c in tail for c in "+-Z"):
+            # "YYYY-MM-DD[ T]HH:MM:SS[.f...]" in UTC, as PostgreSQL writes a timestamp (trailing zeros trimmed)
             base, _, fraction = value.partition(".")
             return f"{base[:10]}T{base[11:19]}.{fraction.ljust(6, '0')}Z"
         value = dt.datetime.fromisoformat(value)

@@ -201,4 +201,6 @@ def test_the_fast_canonical_form_equals_the_documented_one():
 def test_utc_iso_normalises_database_time_texts():
     assert utc_iso("2026-11-25 20:01:02.0003") == "2026-11-25T20:01:02.000300Z"
     assert utc_iso("2026-11-25 20:01:02") == "2026-11-25T20:01:02.000000Z"
+    assert utc_iso("2026-11-25T20:01:02.25") == "2026-11-25T20:01:02.250000Z"
+    assert utc_iso("2026-11-25T15:01:02-05:00") == "2026-11-25T20:01:02.000000Z"
     assert utc_iso("2026-11-25T21:01:02.5+01:00") == "2026-11-25T20:01:02.500000Z"
