@@ -1,5 +1,6 @@
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
+from django.db.models import Q
 from django.utils import timezone
 
 
@@ -84,7 +85,34 @@ class AuditEvent(models.Model):
         indexes = [
             models.Index(fields=["subject_type", "subject_id"], name="audit_subject_idx"),
             models.Index(fields=["actor_type", "actor_id"], name="audit_actor_idx"),
+            # The sealer's work list: unsealed events in id order, without scanning the sealed millions.
+            models.Index(fields=["id"], condition=Q(seal_seq__isnull=True), name="audit_unsealed_idx"),
         ]
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.action} {self.subject_type}:{self.subject_id}"
+
+
+class VerificationRun(models.Model):
+    """One run of the chain verifier: how far it checked, the head it reached, and whether the chain held.
+
+    The portal's status panel and the API read the latest run; failed runs name the first bad sequence number.
+    """
+
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    ok = models.BooleanField(default=False)
+    checked = models.BigIntegerField(default=0)
+    head_seq = models.BigIntegerField(null=True, blank=True)
+    head_hash = models.CharField(max_length=64, blank=True, default="")
+    first_bad_seq = models.BigIntegerField(null=True, blank=True)
+    problem = models.TextField(blank=True, default="")
+    digest_seq = models.BigIntegerField(null=True, blank=True, help_text="the digest's head, when checked against one")
+    duration_ms = models.FloatField(default=0)
+
+    class Meta:
+        ordering = ["-id"]
+        get_latest_by = "id"
+
+    def __str__(self) -> str:
+        return f"verification #{self.pk}: {'ok' if self.ok else f'broken at {self.first_bad_seq}'}"

@@ -63,6 +63,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "audit.middleware.CorrelationIdMiddleware",
 ]
 
 ROOT_URLCONF = "selfops.urls"
@@ -225,6 +226,11 @@ SELFOPS = {
     "WEBHOOK_BACKOFF_SECONDS": env.float("SELFOPS_WEBHOOK_BACKOFF_SECONDS", default=30.0),
     "WEBHOOK_TIMEOUT": env.float("SELFOPS_WEBHOOK_TIMEOUT", default=10.0),
 }
+
+# --- audit ----------------------------------------------------------------------------------------------------------
+# HMAC key signing chain-head digests; empty: derived from SECRET_KEY (README "Audit trail": set it in production).
+AUDIT_DIGEST_KEY = env.str("AUDIT_DIGEST_KEY", default="")
+AUDIT_DIGEST_DIR = Path(env.str("AUDIT_DIGEST_DIR", default=str(VAR_DIR / "digests")))
 
 LOGGING = {
     "version": 1,

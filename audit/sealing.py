@@ -1,0 +1,106 @@
+"""The sealer: chains unsealed events into the hash chain, in id order, one batch per transaction.
+
+Writers never touch the chain head: they insert with ``seal_seq`` NULL. The sealer, alone at a time (a PostgreSQL
+advisory lock; on SQLite the IMMEDIATE transaction already holds the database's single write lock), reads the head,
+takes the next unsealed events by id, numbers them consecutively and fills ``seal_seq`` and ``hash`` — the one change
+the append-only triggers allow. An event whose transaction commits late (a lower id, committed after higher ids were
+sealed) is simply still unsealed at the next run and gets the next numbers: never skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.db import connection, transaction
+
+from audit.chain import GENESIS, canonical_json, link, select_columns, to_event
+from audit.triggers import TABLE
+
+# pg_advisory_xact_lock key: "selfops audit sealer"
+SEALER_LOCK_KEY = 0x5E1F_0A5D_17
+DEFAULT_BATCH_SIZE = 5000
+
+
+@dataclass(frozen=True)
+class SealResult:
+    sealed: int
+    head_seq: int | None
+    head_hash: str
+
+
+def chain_head(cursor=None) -> tuple[int | None, str]:
+    """The last sealed (seq, hash), or (None, GENESIS) for an empty chain."""
+
+    def read(c):
+        c.execute(f"SELECT seal_seq, hash FROM {TABLE} WHERE seal_seq IS NOT NULL ORDER BY seal_seq DESC LIMIT 1")  # noqa: S608
+        row = c.fetchone()
+        return (row[0], row[1]) if row else (None, GENESIS)
+
+    if cursor is not None:
+        return read(cursor)
+    with connection.cursor() as c:
+        return read(c)
+
+
+def _lock(cursor) -> None:
+    if connection.vendor == "postgresql":
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [SEALER_LOCK_KEY])
+    # SQLite: the transaction began IMMEDIATE (settings), so it already holds the only write lock.
+
+
+def _write(cursor, ids: list[int], seqs: list[int], hashes: list[str]) -> None:
+    if connection.vendor == "postgresql":
+        cursor.execute(
+            f"UPDATE {TABLE} AS e SET seal_seq = v.seq, hash = v.hash "  # noqa: S608
+            "FROM unnest(%s::bigint[], %s::bigint[], %s::text[]) AS v(id, seq, hash) "
+            # the id range lets the planner walk the unsealed index instead of the whole table
+            "WHERE e.id = v.id AND e.seal_seq IS NULL AND e.id BETWEEN %s AND %s",
+            [ids, seqs, hashes, min(ids), max(ids)],
+        )
+    else:
+        cursor.executemany(
+            f"UPDATE {TABLE} SET seal_seq = %s, hash = %s WHERE id = %s",  # noqa: S608
+            list(zip(seqs, hashes, ids, strict=True)),
+        )
+
+
+def seal_batch(batch_size: int = DEFAULT_BATCH_SIZE) -> int:
+    """Seal up to ``batch_size`` events in one transaction; returns how many were sealed."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        _lock(cursor)
+        head_seq, prev = chain_head(cursor)
+        cursor.execute(
+            f"SELECT {select_columns(connection.vendor)} FROM {TABLE} WHERE seal_seq IS NULL ORDER BY id LIMIT %s",  # noqa: S608
+            [batch_size],
+        )
+        rows = cursor.fetchall()
+        if not rows:
+            return 0
+        seq = head_seq or 0
+        ids, seqs, hashes = [], [], []
+        for row in rows:
+            seq += 1
+            _, event, _ = to_event(row, connection.vendor)
+            event["seal_seq"] = seq
+            prev = link(prev, canonical_json(event))
+            ids.append(event["id"])
+            seqs.append(seq)
+            hashes.append(prev)
+        _write(cursor, ids, seqs, hashes)
+        return len(rows)
+
+
+def seal(*, batch_size: int = DEFAULT_BATCH_SIZE, max_batches: int | None = None) -> SealResult:
+    """Seal every event unsealed now (or ``max_batches`` batches of them). Safe to run in several processes at once:
+    sealers take turns, batch by batch."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    sealed = batches = 0
+    while max_batches is None or batches < max_batches:
+        n = seal_batch(batch_size)
+        sealed += n
+        batches += 1
+        if n < batch_size:
+            break
+    head_seq, head_hash = chain_head()
+    return SealResult(sealed=sealed, head_seq=head_seq, head_hash=head_hash)

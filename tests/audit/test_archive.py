@@ -1,0 +1,83 @@
+import json
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from audit.archive import verify_archive
+from audit.models import AuditEvent
+from audit.sealing import seal
+from tests.audit.conftest import record
+
+pytestmark = pytest.mark.django_db
+
+
+def test_an_exported_range_verifies_standalone_and_links_to_the_previous_range(tmp_path, capsys):
+    # given a sealed chain of 9 events
+    record(9)
+    seal()
+
+    # when exporting #1..#4 and #5..#9
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    call_command("audit_export", "--from-seq", "1", "--to-seq", "4", "--out", str(first))
+    call_command("audit_export", "--from-seq", "5", "--to-seq", "9", "--out", str(second))
+
+    # then each verifies on its own, and the second's header links to the first's last hash
+    a, b = verify_archive(first), verify_archive(second)
+    assert a.ok and a.checked == 4 and b.ok and b.checked == 5
+    header = json.loads(second.read_text().splitlines()[0])
+    assert header["prev_hash"] == a.head_hash == AuditEvent.objects.get(seal_seq=4).hash
+    call_command("audit_verify", "--archive", str(second))
+    assert "chain intact: 5 events" in capsys.readouterr().out.splitlines()[-1]
+
+
+def test_an_edited_archive_fails_verification(tmp_path):
+    record(5)
+    seal()
+    out = tmp_path / "r.jsonl"
+    call_command("audit_export", "--from-seq", "2", "--to-seq", "5", "--out", str(out))
+    lines = out.read_text().splitlines()
+    event = json.loads(lines[2])  # #3
+    event["data"]["amount"] = "99.99"
+    lines[2] = json.dumps(event)
+    out.write_text("\n".join(lines) + "\n")
+    with pytest.raises(CommandError, match="broken at seal_seq 3"):
+        call_command("audit_verify", "--archive", str(out))
+
+
+def test_an_archive_missing_its_last_events_fails(tmp_path):
+    record(5)
+    seal()
+    out = tmp_path / "r.jsonl"
+    call_command("audit_export", "--from-seq", "1", "--to-seq", "5", "--out", str(out))
+    lines = out.read_text().splitlines()
+    out.write_text("\n".join(lines[:-2] + lines[-1:]) + "\n")  # drop #5, keep the digest
+    result = verify_archive(out)
+    assert not result.ok and result.first_bad_seq == 5
+
+
+def test_export_refuses_a_range_beyond_the_sealed_head(tmp_path):
+    record(2)
+    seal()
+    with pytest.raises(CommandError, match="sealed up to #2"):
+        call_command("audit_export", "--from-seq", "1", "--to-seq", "3", "--out", str(tmp_path / "x.jsonl"))
+
+
+def test_after_archiving_the_rest_of_the_chain_verifies_from_the_archives_last_hash(tmp_path, no_triggers, capsys):
+    # given #1..#3 archived and removed from the database by a DBA
+    record(6)
+    seal()
+    out = tmp_path / "a.jsonl"
+    call_command("audit_export", "--from-seq", "1", "--to-seq", "3", "--out", str(out))
+    last_hash = verify_archive(out).head_hash
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("DELETE FROM audit_auditevent WHERE seal_seq <= 3")
+
+    # then the remainder verifies from #4 with the archive's last hash, and not with a wrong one
+    call_command("audit_verify", "--from-seq", "4", "--prev-hash", last_hash)
+    assert "chain intact: 3 events" in capsys.readouterr().out
+    with pytest.raises(CommandError, match="broken at seal_seq 4"):
+        call_command("audit_verify", "--from-seq", "4", "--prev-hash", "f" * 64)
+    with pytest.raises(CommandError, match="broken at seal_seq 1"):
+        call_command("audit_verify")
