@@ -47,16 +47,16 @@ def escalations_for(user, *, for_action: bool = False):
 
 
 def cases_for(user):
-    """Cases a user may see, in the portal and the API alike: every case for those who read everything (superusers,
-    governance admins, auditors, or the ``operations.view_case`` permission); for supervisors the cases that were
-    escalated to one of their queues; nothing for anyone else."""
+    """Cases a user may see, in the portal and the API alike: every case for operations staff (any portal role,
+    or the ``operations.view_case`` permission) — the escalations on a case stay scoped by queue; for people who
+    are only in queue groups, the cases escalated to one of their queues; nothing for anyone else."""
     from operations import roles
     from operations.models import Case
 
     qs = Case.objects.select_related("workflow", "current_step")
     if not user.is_authenticated:
         return qs.none()
-    if roles.reads_all(user) or user.has_perm("operations.view_case"):
+    if roles.has_portal_role(user) or user.has_perm("operations.view_case"):
         return qs
     return qs.filter(pk__in=escalations_for(user).values("case_id"))
 
