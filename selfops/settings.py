@@ -193,3 +193,61 @@ LOGGING = {
         "django-q": {"level": env.str("Q_LOG_LEVEL", default="WARNING")},
     },
 }
+
+# --- security (hardening) -------------------------------------------------------------------------------------------
+# HTTPS is on by default as soon as the site is served under a real host name; on the loopback-only default hosts
+# (`make run` on http://127.0.0.1:8000) it is off, so the demo works without certificates. Every SECURE_* below can
+# still be set one by one from the environment.
+_LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]", "::1"}
+SELFOPS_HTTPS = env.bool("SELFOPS_HTTPS", default=not DEBUG and not set(ALLOWED_HOSTS) <= _LOOPBACK_HOSTS)
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=SELFOPS_HTTPS)
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=SELFOPS_HTTPS)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=SELFOPS_HTTPS)
+SESSION_COOKIE_HTTPONLY = True
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000 if SELFOPS_HTTPS else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=SELFOPS_HTTPS)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=SELFOPS_HTTPS)
+# Opt-in, only behind a proxy that sets the header itself: e.g. SECURE_PROXY_SSL_HEADER=HTTP_X_FORWARDED_PROTO,https
+if _proxy_header := env.list("SECURE_PROXY_SSL_HEADER", default=[]):
+    SECURE_PROXY_SSL_HEADER = tuple(_proxy_header[:2])
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = env.str("SECURE_REFERRER_POLICY", default="same-origin")
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+# Bodies above this are refused with 400 before any view sees them (1 MiB; a claim payload is a few KB).
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=1024 * 1024)
+
+# Content Security Policy (django-csp 4): no inline script anywhere (tests scan the templates for it).
+INSTALLED_APPS += ["csp", "axes"]
+MIDDLEWARE += [
+    "csp.middleware.CSPMiddleware",
+    "selfops.middleware.DenialLogMiddleware",
+    # axes last, as its docs ask: it turns a locked-out login into its lockout response
+    "axes.middleware.AxesMiddleware",
+]
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "font-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
+
+# Login throttling (django-axes): AXES_FAILURE_LIMIT failed logins for one username from one address lock that pair
+# out for AXES_COOLOFF_HOURS.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_ENABLED = env.bool("AXES_ENABLED", default=True)
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = env.float("AXES_COOLOFF_HOURS", default=0.5)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_VERBOSE = False
+LOGGING["loggers"]["selfops.security"] = {"level": "INFO"}
+LOGGING["loggers"]["axes"] = {"level": "WARNING"}
