@@ -23,6 +23,8 @@ class AuditAction(models.TextChoices):
     STEP_FAILED = "step.failed", "Step failed"
     EFFECT_QUEUED = "effect.queued", "Side effect queued"
     EFFECT_DELIVERED = "effect.delivered", "Side effect delivered"
+    EFFECT_RETRY = "effect.retry", "Side effect failed, will retry"
+    EFFECT_FAILED = "effect.failed", "Side effect failed for good (needs attention)"
     ESCALATION_OPENED = "escalation.opened", "Escalation opened"
     ESCALATION_CLAIMED = "escalation.claimed", "Escalation claimed"
     ESCALATION_RELEASED = "escalation.released", "Escalation released"

@@ -257,19 +257,31 @@ def cases_sweep(*, now=None, limit: int = 1000) -> int:
         )
         for case in cases:
             enqueue_advance(case.pk)
-        # owed effects not delivered yet
-        for key in OutboxEntry.objects.filter(status=OutboxStatus.PENDING, created_at__lt=stale).values_list(
-            "idempotency_key", flat=True
-        )[:limit]:
+        # owed effects not delivered yet: due after a backoff, or never handed over (lost between commit and enqueue)
+        due = list(
+            OutboxEntry.objects.filter(status=OutboxStatus.PENDING)
+            .filter(Q(next_attempt_at__lte=now) | Q(next_attempt_at__isnull=True, created_at__lt=stale))
+            .values_list("pk", "idempotency_key")[:limit]
+        )
+        # not again at the next sweep: a delivery that is merely slow is not flooded with duplicate tasks
+        OutboxEntry.objects.filter(pk__in=[pk for pk, _ in due]).update(
+            next_attempt_at=now + timedelta(seconds=engine_setting("SWEEP_STALE_AFTER"))
+        )
+        for _, key in due:
             enqueue_delivery(key)
     return len(cases)
 
 
-def outbox_deliver(*, idempotency_key: str) -> OutboxEntry | None:
-    """Deliver an owed effect once. Payments are settled into the ledger (the outbox row is the ledger entry; a
-    gateway call goes here, keyed by the same idempotency key); messages go out through Django's email backend.
-    Email itself is at-least-once: a crash between sending and committing sends the letter again."""
+def outbox_deliver(*, idempotency_key: str, now=None) -> OutboxEntry | None:
+    """Deliver an owed effect once. Payments go to the payment gateway when one is configured (keyed by the same
+    idempotency key, so retries pay once), else they are settled into the ledger (the outbox row is the ledger
+    entry); messages go out through Django's email backend (at-least-once: a crash between sending and committing
+    sends the letter again). A failed attempt is retried with a doubling backoff by the sweeper; once the retry
+    window has passed, the entry is marked failed and needs a person's attention (``effect.failed`` in the case's
+    audit trail, the ``selfops.alerts`` log, the admin's "needs attention" filter)."""
     from django.core.mail import send_mail
+
+    from operations.gateway import GatewayError, gateway_url, pay
 
     with transaction.atomic():
         entry = (
@@ -280,19 +292,27 @@ def outbox_deliver(*, idempotency_key: str) -> OutboxEntry | None:
         )
         if entry is None:
             return None
+        now = now or timezone.now()
         entry.attempts += 1
+        answer: dict = {}
         try:
             if entry.kind == OutboxKind.MESSAGE:
                 letter = entry.payload
                 send_mail(letter.get("subject", "Your claim"), letter.get("body", ""), None, [letter["to"]])
+            elif entry.kind == OutboxKind.PAYMENT and gateway_url():
+                answer = pay(
+                    idempotency_key=entry.idempotency_key,
+                    amount=entry.amount,
+                    reference=entry.case.reference,
+                    payload=entry.payload,
+                )
         except Exception as exc:
-            entry.last_error = f"{type(exc).__name__}: {exc}"[:2000]
-            if entry.attempts >= 5:
-                entry.status = OutboxStatus.FAILED
-            entry.save()
+            retryable = exc.retryable if isinstance(exc, GatewayError) else True
+            _outbox_failed(entry, error=f"{type(exc).__name__}: {exc}", retryable=retryable, now=now)
             return entry
         entry.status = OutboxStatus.DELIVERED
-        entry.delivered_at = timezone.now()
+        entry.delivered_at = now
+        entry.next_attempt_at = None
         entry.save()
         audit_record(
             actor=SYSTEM,
@@ -301,9 +321,52 @@ def outbox_deliver(*, idempotency_key: str) -> OutboxEntry | None:
             subject_id=entry.idempotency_key,
             subject_label=f"{entry.kind} for {entry.case.reference}",
             case_id=entry.case_id,
-            data={"kind": entry.kind, "amount": str(entry.amount) if entry.amount is not None else None},
+            data={
+                "kind": entry.kind,
+                "amount": str(entry.amount) if entry.amount is not None else None,
+                "attempts": entry.attempts,
+                "gateway_reference": str(answer.get("id", ""))[:100] if isinstance(answer, dict) else "",
+            },
         )
     return entry
+
+
+def _outbox_failed(entry: OutboxEntry, *, error: str, retryable: bool, now) -> None:
+    import logging
+
+    entry.last_error = error[:2000]
+    window = timedelta(seconds=engine_setting("OUTBOX_RETRY_WINDOW"))
+    backoff = engine_setting("OUTBOX_RETRY_BACKOFF") * (2 ** (entry.attempts - 1))
+    next_attempt = now + timedelta(seconds=min(backoff, 3600))
+    subject = {
+        "subject_type": "operations.outboxentry",
+        "subject_id": entry.idempotency_key,
+        "subject_label": f"{entry.kind} for {entry.case.reference}",
+        "case_id": entry.case_id,
+    }
+    data = {"kind": entry.kind, "attempts": entry.attempts, "error": entry.last_error}
+    if retryable and next_attempt <= entry.created_at + window:
+        entry.next_attempt_at = next_attempt
+        entry.save()
+        audit_record(
+            actor=SYSTEM, action=AuditAction.EFFECT_RETRY, data={**data, "next_attempt_at": next_attempt}, **subject
+        )
+        return
+    entry.status = OutboxStatus.FAILED
+    entry.needs_attention = True
+    entry.next_attempt_at = None
+    entry.save()
+    reason = f"{entry.kind}_failed"
+    audit_record(actor=SYSTEM, action=AuditAction.EFFECT_FAILED, data={**data, "reason": reason}, **subject)
+    logging.getLogger("selfops.alerts").error(
+        "%s: %s for case %s failed after %s attempts: %s",
+        reason,
+        entry.kind,
+        entry.case.reference,
+        entry.attempts,
+        entry.last_error,
+        extra={"alert": reason, "idempotency_key": entry.idempotency_key},
+    )
 
 
 def workflow_install(*, definition: dict, actor: Actor) -> Workflow:

@@ -251,3 +251,18 @@ AXES_RESET_ON_SUCCESS = True
 AXES_VERBOSE = False
 LOGGING["loggers"]["selfops.security"] = {"level": "INFO"}
 LOGGING["loggers"]["axes"] = {"level": "WARNING"}
+
+# Workflow packs every process imports (their agents register on import); tests add a pack of their own here.
+SELFOPS_PACKS = env.list("SELFOPS_PACKS", default=["operations.packs.claims"])
+
+# Payments: the gateway (unset: ledger only), its timeout, and how owed effects are retried — backoff doubling from
+# OUTBOX_RETRY_BACKOFF seconds (the sweeper hands due entries back to the workers), up to the retry window, after
+# which the entry is marked failed and needs a person's attention.
+SELFOPS_PAYMENT_GATEWAY_URL = env.str("SELFOPS_PAYMENT_GATEWAY_URL", default="")
+SELFOPS.update(
+    {
+        "PAYMENT_TIMEOUT": env.float("SELFOPS_PAYMENT_TIMEOUT", default=10.0),
+        "OUTBOX_RETRY_BACKOFF": env.float("SELFOPS_OUTBOX_RETRY_BACKOFF", default=30.0),
+        "OUTBOX_RETRY_WINDOW": env.int("SELFOPS_OUTBOX_RETRY_WINDOW", default=6 * 3600),
+    }
+)
