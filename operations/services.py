@@ -3,6 +3,7 @@ state under a transaction, writes its audit events in that transaction and hands
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -16,7 +17,7 @@ from audit.actors import SYSTEM, Actor
 from audit.models import AuditAction
 from audit.services import audit_event, audit_record, audit_record_many
 from operations.agents import Proposal, ProposalError
-from operations.engine import StepTx, apply_decision, engine_setting
+from operations.engine import StepTx, _lease_seconds, apply_decision, engine_setting
 from operations.errors import Conflict, ValidationFailed
 from operations.models import (
     Case,
@@ -53,15 +54,32 @@ def payload_errors(workflow: Workflow, payload: Any) -> dict[str, str]:
     return errors
 
 
+def _check_payload_size(payload: Any) -> None:
+    """Refuse a payload that is not plain JSON (NaN and Infinity included: PostgreSQL would refuse them later) or
+    that is larger than MAX_PAYLOAD_BYTES once serialised."""
+    try:
+        size = len(json.dumps(payload, allow_nan=False, separators=(",", ":")).encode())
+    except (TypeError, ValueError) as exc:
+        raise ValidationFailed(f"the payload is not plain JSON: {exc}", fields={"payload": "not JSON"}) from exc
+    except RecursionError as exc:
+        raise ValidationFailed("the payload is nested too deeply", fields={"payload": "too deep"}) from exc
+    if size > MAX_PAYLOAD_BYTES:
+        raise ValidationFailed(
+            f"the payload is {size:,} bytes; at most {MAX_PAYLOAD_BYTES:,} are accepted",
+            fields={"payload": "too large"},
+        )
+
+
 def case_submit(*, workflow_key: str, reference: str, payload: dict, actor: Actor) -> Case:
     """Create a case on the newest active version of ``workflow_key`` and hand it to the workers. Bad input raises
     ``ValidationFailed`` with every field error and stores nothing."""
-    workflow = active_workflow(workflow_key)
+    workflow = active_workflow(workflow_key) if isinstance(workflow_key, str) and workflow_key else None
     if workflow is None:
         raise ValidationFailed(f"unknown or inactive workflow '{workflow_key}'", fields={"workflow": "unknown"})
-    reference = (reference or "").strip()
+    reference = reference.strip() if isinstance(reference, str) else ""
     if not reference or len(reference) > 100:
         raise ValidationFailed("a reference of 1 to 100 characters is required", fields={"reference": "required"})
+    _check_payload_size(payload)
     if errors := payload_errors(workflow, payload):
         raise ValidationFailed("the payload does not match the workflow's schema", fields=errors)
     if workflow.first_step_id is None:
@@ -238,13 +256,18 @@ def cases_sweep(*, now=None, limit: int = 1000) -> int:
     progress for a while (a task lost between commit and enqueue on Redis, say)."""
     now = now or timezone.now()
     stale = now - timedelta(seconds=engine_setting("SWEEP_STALE_AFTER"))
+    # A case re-enqueued here is stamped (updated_at) and left alone for a lease period (expired lease) or a stale
+    # period (no lease): its task may simply be waiting in a long queue, and re-enqueueing it at every sweep would
+    # grow that queue faster than the workers drain it.
+    recently = now - timedelta(seconds=_lease_seconds())
     with transaction.atomic():
         cases = list(
             Case.objects.select_for_update(skip_locked=True, of=("self",))
             .filter(status=CaseStatus.RUNNING)
-            .filter(Q(lease_expires_at__lt=now) | Q(lease_owner="", updated_at__lt=stale))
+            .filter(Q(lease_expires_at__lt=now, updated_at__lt=recently) | Q(lease_owner="", updated_at__lt=stale))
             .order_by("pk")[:limit]
         )
+        Case.objects.filter(pk__in=[c.pk for c in cases]).update(updated_at=now)
         audit_record_many(
             audit_event(
                 actor=SYSTEM,
