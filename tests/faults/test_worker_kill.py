@@ -20,8 +20,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
 def test_workers_killed_mid_step_lose_nothing_and_apply_nothing_twice(claim_generator, tmp_path, settings):
-    # given N claims (200 in CI; SELFOPS_FAULT_CLAIMS=1000 for the full run), committed with their tasks
-    n = claims_count(200)
+    # given N claims (120 in CI; SELFOPS_FAULT_CLAIMS=1000 for the full run), committed with their tasks
+    n = claims_count(120)
     settings.SELFOPS = {**settings.SELFOPS, "SWEEP_STALE_AFTER": 20}
     claims = claim_generator.claims(n)
     expected = {c.reference: c.expected for c in claims}

@@ -88,7 +88,7 @@ def test_no_secret_is_committed():
         if path.suffix in (".png", ".ico", ".woff", ".woff2", ".gz") or not path.is_file():
             continue
         text = path.read_text(errors="ignore")
-        for marker in ("-----BEGIN RSA PRIVATE KEY", "-----BEGIN PRIVATE KEY", "-----BEGIN OPENSSH PRIVATE KEY"):
+        for marker in (f"-----BEGIN {kind}PRIVATE KEY" for kind in ("", "RSA ", "EC ", "OPENSSH ")):
             if marker in text:
                 offenders.append(f"{path.name}: {marker}")
         for line in text.splitlines():
