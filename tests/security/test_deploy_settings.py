@@ -23,6 +23,7 @@ PRODUCTION_ENV = {
 def _check_deploy(tmp_path, extra_env: dict) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SECURE_", "SESSION_", "CSRF_", "SELFOPS_HTTPS"))}
     env.pop("DATABASE_URL", None)
+    env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)  # scripts/test.sh sets it for the browser tests; never in production
     env.update(
         DJANGO_SETTINGS_MODULE="selfops.settings",
         SECRET_KEY=secrets.token_urlsafe(50),
