@@ -89,7 +89,9 @@ def test_two_clusters_sharing_one_database_apply_every_step_once(claim_generator
     # when both work the same queue at once
     t0 = time.monotonic()
     with clusters(*envs, logs=tmp_path) as running:
-        wait_settled(ids, deadline=240, tick=Every(5.0, cases_sweep), every=0.5, what="two clusters", logs=running)
+        wait_settled(
+            ids, deadline=max(240, n // 2), tick=Every(5.0, cases_sweep), every=0.5, what="two clusters", logs=running
+        )
     elapsed = time.monotonic() - t0
 
     # then both did part of the work, and every step was applied once: one decision per (case, step), one payment

@@ -46,7 +46,7 @@ def test_workers_killed_mid_step_lose_nothing_and_apply_nothing_twice(claim_gene
             assert cluster.alive(), cluster.tail()
 
         wait_settled(
-            ids, deadline=240, tick=kill_and_sweep, every=0.1, what="the run under worker kills", logs=[cluster]
+            ids, deadline=max(240, n), tick=kill_and_sweep, every=0.1, what="the run under worker kills", logs=[cluster]
         )
 
     # then workers really died mid-step, each death left one lost attempt, and the run recovered from all of them
