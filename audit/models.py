@@ -24,6 +24,8 @@ class AuditAction(models.TextChoices):
     STEP_FAILED = "step.failed", "Step failed"
     EFFECT_QUEUED = "effect.queued", "Side effect queued"
     EFFECT_DELIVERED = "effect.delivered", "Side effect delivered"
+    EFFECT_RETRY = "effect.retry", "Side effect failed, will retry"
+    EFFECT_FAILED = "effect.failed", "Side effect failed for good (needs attention)"
     ESCALATION_OPENED = "escalation.opened", "Escalation opened"
     ESCALATION_CLAIMED = "escalation.claimed", "Escalation claimed"
     ESCALATION_RELEASED = "escalation.released", "Escalation released"
@@ -69,7 +71,8 @@ class AuditEvent(models.Model):
     actor_type = models.CharField(max_length=16, choices=ActorKind.choices)
     actor_id = models.CharField(max_length=128)
     actor_label = models.CharField(max_length=200, blank=True)
-    action = models.CharField(max_length=64, choices=AuditAction.choices, db_index=True)
+    # The vocabulary is AuditAction; it is not declared as database choices, so a new action needs no migration.
+    action = models.CharField(max_length=64, db_index=True)
     subject_type = models.CharField(max_length=64)
     subject_id = models.CharField(max_length=64)
     subject_label = models.CharField(max_length=200, blank=True)

@@ -120,9 +120,34 @@ def evaluate(policy: PolicySnapshot | None, proposal: Any, case: dict | None = N
         )
 
 
+def _check_inputs(policy: PolicySnapshot, proposal: Any) -> None:
+    """Raise ValueError on a malformed policy or proposal, so that garbage is judged ``policy_error``, never allowed
+    because no rule happened to look at the broken field."""
+    if policy.autonomy not in AutonomyLevel.values:
+        raise ValueError(f"unknown autonomy level {policy.autonomy!r}")
+    if not all(isinstance(a, str) for a in policy.allowed_actions):
+        raise ValueError("the policy's allowed actions must be strings")
+    for name in ("max_amount", "min_confidence", "daily_amount_budget"):
+        value = getattr(policy, name)
+        if value is not None and (not isinstance(value, Decimal) or not value.is_finite() or value < 0):
+            raise ValueError(f"the policy's {name} {value!r} is not a non-negative amount")
+    if policy.min_confidence is not None and policy.min_confidence > 1:
+        raise ValueError(f"the policy's min_confidence {policy.min_confidence} is above 1")
+    for name in ("outcome", "action"):
+        if not isinstance(getattr(proposal, name, None), str):
+            raise ValueError(f"the proposal's {name} is not a string")
+    amount = getattr(proposal, "amount", None)
+    if amount is not None and (not isinstance(amount, Decimal) or not amount.is_finite() or amount < 0):
+        raise ValueError(f"the proposal amount {amount!r} is not a non-negative Decimal")
+    confidence = getattr(proposal, "confidence", None)
+    if isinstance(confidence, bool) or not isinstance(confidence, int | float | Decimal) or not 0 <= confidence <= 1:
+        raise ValueError(f"the proposal confidence {confidence!r} is not a number between 0 and 1")
+
+
 def _evaluate(policy: PolicySnapshot | None, proposal: Any, case: dict) -> Verdict:
     if policy is None:
         return _escalate(None, Reason(code="no_policy", message="The agent has no published policy."))
+    _check_inputs(policy, proposal)
     suffix = f" (policy v{policy.version})"
     if policy.autonomy == AutonomyLevel.OFF:
         return _escalate(policy, Reason(code="agent_off", message="The agent is switched off" + suffix))

@@ -88,8 +88,18 @@ class EscalationAdmin(ReadOnlyAdmin):
 
 @admin.register(OutboxEntry)
 class OutboxEntryAdmin(ReadOnlyAdmin):
-    list_display = ("idempotency_key", "kind", "amount", "status", "attempts", "created_at", "delivered_at")
-    list_filter = ("kind", "status")
+    list_display = (
+        "idempotency_key",
+        "kind",
+        "amount",
+        "status",
+        "attempts",
+        "needs_attention",
+        "next_attempt_at",
+        "created_at",
+        "delivered_at",
+    )
+    list_filter = ("needs_attention", "kind", "status")
 
 
 @admin.register(ReferenceRecord)

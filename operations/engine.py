@@ -244,7 +244,7 @@ def _run_steps(case_id: int, token: str, *, careful: bool, budget: int, effects:
         case = Case.objects.select_for_update(of=("self",)).select_related("workflow", "current_step").get(pk=case_id)
         if case.lease_owner != token or case.status != CaseStatus.RUNNING:
             return Next.STOP, 0  # our lease expired and another worker took the case over
-        tx = StepTx(case, deliver_inline=True)
+        tx = StepTx(case, deliver_inline=engine_setting("DELIVER_INLINE"))
         policies = _PolicyCache()
         done = 0
         while True:

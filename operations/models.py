@@ -334,6 +334,10 @@ class OutboxEntry(models.Model):
     last_error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
+    # when the sweeper may hand a pending entry to a worker again (backoff after a failed attempt); null: now
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    # the retry window ran out: a person must look (the case has usually moved on, so this is not an escalation)
+    needs_attention = models.BooleanField(default=False, db_index=True)
 
     class Meta:
         verbose_name_plural = "outbox entries"

@@ -3,6 +3,7 @@ state under a transaction, writes its audit events in that transaction and hands
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -17,7 +18,7 @@ from audit.models import AuditAction
 from audit.services import audit_event, audit_record, audit_record_many
 from governance.services import decision_record_agreement
 from operations.agents import Proposal, ProposalError
-from operations.engine import StepTx, apply_decision, engine_setting
+from operations.engine import StepTx, _lease_seconds, apply_decision, engine_setting
 from operations.errors import Conflict, NotAllowed, ValidationFailed
 from operations.models import (
     Case,
@@ -54,16 +55,33 @@ def payload_errors(workflow: Workflow, payload: Any) -> dict[str, str]:
     return errors
 
 
+def _check_payload_size(payload: Any) -> None:
+    """Refuse a payload that is not plain JSON (NaN and Infinity included: PostgreSQL would refuse them later) or
+    that is larger than MAX_PAYLOAD_BYTES once serialised."""
+    try:
+        size = len(json.dumps(payload, allow_nan=False, separators=(",", ":")).encode())
+    except (TypeError, ValueError) as exc:
+        raise ValidationFailed(f"the payload is not plain JSON: {exc}", fields={"payload": "not JSON"}) from exc
+    except RecursionError as exc:
+        raise ValidationFailed("the payload is nested too deeply", fields={"payload": "too deep"}) from exc
+    if size > MAX_PAYLOAD_BYTES:
+        raise ValidationFailed(
+            f"the payload is {size:,} bytes; at most {MAX_PAYLOAD_BYTES:,} are accepted",
+            fields={"payload": "too large"},
+        )
+
+
 def case_submit(*, workflow_key: str, reference: str, payload: dict, actor: Actor, submitted_by_client=None) -> Case:
     """Create a case on the newest active version of ``workflow_key`` and hand it to the workers. Bad input raises
     ``ValidationFailed`` with every field error and stores nothing. ``submitted_by_client`` (an ``ApiClient``) is
     the only client that will see the case."""
-    workflow = active_workflow(workflow_key)
+    workflow = active_workflow(workflow_key) if isinstance(workflow_key, str) and workflow_key else None
     if workflow is None:
         raise ValidationFailed(f"unknown or inactive workflow '{workflow_key}'", fields={"workflow": "unknown"})
-    reference = (reference or "").strip()
+    reference = reference.strip() if isinstance(reference, str) else ""
     if not reference or len(reference) > 100:
         raise ValidationFailed("a reference of 1 to 100 characters is required", fields={"reference": "required"})
+    _check_payload_size(payload)
     if errors := payload_errors(workflow, payload):
         raise ValidationFailed("the payload does not match the workflow's schema", fields=errors)
     if workflow.first_step_id is None:
@@ -309,13 +327,18 @@ def cases_sweep(*, now=None, limit: int = 1000) -> int:
     progress for a while (a task lost between commit and enqueue on Redis, say)."""
     now = now or timezone.now()
     stale = now - timedelta(seconds=engine_setting("SWEEP_STALE_AFTER"))
+    # A case re-enqueued here is stamped (updated_at) and left alone for a lease period (expired lease) or a stale
+    # period (no lease): its task may simply be waiting in a long queue, and re-enqueueing it at every sweep would
+    # grow that queue faster than the workers drain it.
+    recently = now - timedelta(seconds=_lease_seconds())
     with transaction.atomic():
         cases = list(
             Case.objects.select_for_update(skip_locked=True, of=("self",))
             .filter(status=CaseStatus.RUNNING)
-            .filter(Q(lease_expires_at__lt=now) | Q(lease_owner="", updated_at__lt=stale))
+            .filter(Q(lease_expires_at__lt=now, updated_at__lt=recently) | Q(lease_owner="", updated_at__lt=stale))
             .order_by("pk")[:limit]
         )
+        Case.objects.filter(pk__in=[c.pk for c in cases]).update(updated_at=now)
         audit_record_many(
             audit_event(
                 actor=SYSTEM,
@@ -328,25 +351,37 @@ def cases_sweep(*, now=None, limit: int = 1000) -> int:
         )
         for case in cases:
             enqueue_advance(case.pk)
-        # owed effects not delivered yet
-        for key in OutboxEntry.objects.filter(status=OutboxStatus.PENDING, created_at__lt=stale).values_list(
-            "idempotency_key", flat=True
-        )[:limit]:
+        # owed effects not delivered yet: due after a backoff, or never handed over (lost between commit and enqueue)
+        due = list(
+            OutboxEntry.objects.filter(status=OutboxStatus.PENDING)
+            .filter(Q(next_attempt_at__lte=now) | Q(next_attempt_at__isnull=True, created_at__lt=stale))
+            .values_list("pk", "idempotency_key")[:limit]
+        )
+        # not again at the next sweep: a delivery that is merely slow is not flooded with duplicate tasks
+        OutboxEntry.objects.filter(pk__in=[pk for pk, _ in due]).update(
+            next_attempt_at=now + timedelta(seconds=engine_setting("SWEEP_STALE_AFTER"))
+        )
+        for _, key in due:
             enqueue_delivery(key)
     return len(cases)
 
 
-def outbox_deliver(*, idempotency_key: str) -> OutboxEntry | None:
+def outbox_deliver(*, idempotency_key: str, now=None) -> OutboxEntry | None:
     """Deliver one owed effect once (see ``outbox_deliver_many``); None if it is not pending."""
-    delivered = outbox_deliver_many(keys=[idempotency_key])
+    delivered = outbox_deliver_many(keys=[idempotency_key], now=now)
     return delivered[0] if delivered else None
 
 
-def outbox_deliver_many(*, keys: list[str]) -> list[OutboxEntry]:
-    """Deliver owed effects once each, in one transaction: payments are settled into the ledger (the outbox row is
-    the ledger entry; a gateway call goes here, keyed by the same idempotency key); messages go out through
-    Django's email backend. Email itself is at-least-once: a crash between sending and committing sends the letter
-    again. Entries another worker is delivering are skipped."""
+def outbox_deliver_many(*, keys: list[str], now=None) -> list[OutboxEntry]:
+    """Deliver owed effects once each, in one transaction. Payments go to the payment gateway when one is configured
+    (keyed by the same idempotency key, so retries pay once), else they are settled into the ledger (the outbox row
+    is the ledger entry); messages go out through Django's email backend (at-least-once: a crash between sending
+    and committing sends the letter again). A failed attempt is retried with a doubling backoff by the sweeper; once
+    the retry window has passed, the entry is marked failed and needs a person's attention (``effect.failed`` in the
+    case's audit trail, the ``selfops.alerts`` log, the admin's "needs attention" filter). Entries another worker is
+    delivering are skipped."""
+    from operations.gateway import GatewayError
+
     with transaction.atomic():
         entries = list(
             OutboxEntry.objects.select_for_update(skip_locked=True, of=("self",))
@@ -354,18 +389,18 @@ def outbox_deliver_many(*, keys: list[str]) -> list[OutboxEntry]:
             .filter(idempotency_key__in=keys, status=OutboxStatus.PENDING)
             .order_by("pk")
         )
-        now = timezone.now()
-        events = []
+        now = now or timezone.now()
+        delivered, events = [], []
         for entry in entries:
             entry.attempts += 1
             try:
-                _deliver_entry(entry)
+                answer = _deliver_entry(entry)
             except Exception as exc:
-                entry.last_error = f"{type(exc).__name__}: {exc}"[:2000]
-                if entry.attempts >= 5:
-                    entry.status = OutboxStatus.FAILED
+                retryable = exc.retryable if isinstance(exc, GatewayError) else True
+                _outbox_failed(entry, error=f"{type(exc).__name__}: {exc}", retryable=retryable, now=now)
                 continue
-            entry.status, entry.delivered_at = OutboxStatus.DELIVERED, now
+            entry.status, entry.delivered_at, entry.next_attempt_at = OutboxStatus.DELIVERED, now, None
+            delivered.append(entry)
             events.append(
                 audit_event(
                     actor=SYSTEM,
@@ -374,21 +409,74 @@ def outbox_deliver_many(*, keys: list[str]) -> list[OutboxEntry]:
                     subject_id=entry.idempotency_key,
                     subject_label=f"{entry.kind} for {entry.case.reference}",
                     case_id=entry.case_id,
-                    data={"kind": entry.kind, "amount": str(entry.amount) if entry.amount is not None else None},
+                    data={
+                        "kind": entry.kind,
+                        "amount": str(entry.amount) if entry.amount is not None else None,
+                        "attempts": entry.attempts,
+                        "gateway_reference": str(answer.get("id", ""))[:100] if isinstance(answer, dict) else "",
+                    },
                 )
             )
-        OutboxEntry.objects.bulk_update(entries, ["attempts", "last_error", "status", "delivered_at"])
+        OutboxEntry.objects.bulk_update(delivered, ["attempts", "status", "delivered_at", "next_attempt_at"])
         audit_record_many(events)
     return entries
 
 
-def _deliver_entry(entry: OutboxEntry) -> None:
-    """Carry out one effect; raise on failure."""
+def _deliver_entry(entry: OutboxEntry) -> dict:
+    """Carry out one effect; raise on failure. Returns the gateway's answer for a payment sent to one."""
     from django.core.mail import send_mail
+
+    from operations.gateway import gateway_url, pay
 
     if entry.kind == OutboxKind.MESSAGE:
         letter = entry.payload
         send_mail(letter.get("subject", "Your claim"), letter.get("body", ""), None, [letter["to"]])
+    elif entry.kind == OutboxKind.PAYMENT and gateway_url():
+        return pay(
+            idempotency_key=entry.idempotency_key,
+            amount=entry.amount,
+            reference=entry.case.reference,
+            payload=entry.payload,
+        )
+    return {}
+
+
+def _outbox_failed(entry: OutboxEntry, *, error: str, retryable: bool, now) -> None:
+    import logging
+
+    entry.last_error = error[:2000]
+    window = timedelta(seconds=engine_setting("OUTBOX_RETRY_WINDOW"))
+    backoff = engine_setting("OUTBOX_RETRY_BACKOFF") * (2 ** (entry.attempts - 1))
+    next_attempt = now + timedelta(seconds=min(backoff, 3600))
+    subject = {
+        "subject_type": "operations.outboxentry",
+        "subject_id": entry.idempotency_key,
+        "subject_label": f"{entry.kind} for {entry.case.reference}",
+        "case_id": entry.case_id,
+    }
+    data = {"kind": entry.kind, "attempts": entry.attempts, "error": entry.last_error}
+    if retryable and next_attempt <= entry.created_at + window:
+        entry.next_attempt_at = next_attempt
+        entry.save()
+        audit_record(
+            actor=SYSTEM, action=AuditAction.EFFECT_RETRY, data={**data, "next_attempt_at": next_attempt}, **subject
+        )
+        return
+    entry.status = OutboxStatus.FAILED
+    entry.needs_attention = True
+    entry.next_attempt_at = None
+    entry.save()
+    reason = f"{entry.kind}_failed"
+    audit_record(actor=SYSTEM, action=AuditAction.EFFECT_FAILED, data={**data, "reason": reason}, **subject)
+    logging.getLogger("selfops.alerts").error(
+        "%s: %s for case %s failed after %s attempts: %s",
+        reason,
+        entry.kind,
+        entry.case.reference,
+        entry.attempts,
+        entry.last_error,
+        extra={"alert": reason, "idempotency_key": entry.idempotency_key},
+    )
 
 
 def workflow_install(*, definition: dict, actor: Actor) -> Workflow:

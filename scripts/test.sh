@@ -7,6 +7,52 @@ PY=${PY:-.venv/bin/python}
 export DJANGO_ALLOW_ASYNC_UNSAFE=true
 
 say() { printf '\n==== %s ====\n' "$*"; }
+free_port() { $PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+CLEANUPS=()
+trap 'for c in "${CLEANUPS[@]}"; do $c; done' EXIT
+
+# --- static checks: bandit on our code, pip-audit on the installed (locked) dependencies ----------------------------
+say "bandit (medium and high severity fail the run; low findings are documented in README, Security)"
+BANDIT_STATUS=passed
+$PY -m bandit -q -r selfops operations governance audit -x '*/migrations/*' -ll || BANDIT_STATUS=FAILED
+say "pip-audit"
+AUDIT_OUT=$(timeout 180 $PY -m pip_audit --progress-spinner off --skip-editable 2>&1); AUDIT_RC=$?
+AUDIT_SKIPPED=$(grep -c "could not be audited" <<<"$AUDIT_OUT" || true)
+AUDIT_STATUS=passed
+if grep -q "Found [0-9]* known vulnerabilit" <<<"$AUDIT_OUT"; then
+  echo "$AUDIT_OUT"; AUDIT_STATUS=FAILED
+elif [[ $AUDIT_RC != 0 || $AUDIT_SKIPPED -gt 0 ]]; then
+  echo "$AUDIT_OUT" | head -3
+  echo "!! pip-audit could not reach its vulnerability service from here: $AUDIT_SKIPPED packages were NOT audited."
+  echo "!! This run does not know whether the dependencies have known vulnerabilities (continuing)."
+  AUDIT_STATUS="NOT RUN (no vulnerability service)"
+else
+  echo "$AUDIT_OUT"
+fi
+
+# --- Redis, for the broker fault tests (tests skip with a message when TEST_REDIS_URL is unset) -------------------
+REDIS_BIN=$(command -v redis-server || true)
+if [[ -z $REDIS_BIN && $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+  say "redis-server not found: installing Debian's redis-server"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null) || true
+  REDIS_BIN=$(command -v redis-server || true)
+fi
+if [[ -n $REDIS_BIN ]]; then
+  REDIS_DIR=$(mktemp -d /tmp/selfops-redis.XXXXXX)
+  REDIS_PORT=$(free_port)
+  stop_redis() {
+    [[ -f $REDIS_DIR/redis.pid ]] && kill "$(cat "$REDIS_DIR/redis.pid")" 2>/dev/null
+    sleep 0.2; rm -rf "$REDIS_DIR"
+  }
+  if "$REDIS_BIN" --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
+       --dir "$REDIS_DIR" --pidfile "$REDIS_DIR/redis.pid" --logfile "$REDIS_DIR/redis.log" >/dev/null; then
+    CLEANUPS+=(stop_redis)
+    export TEST_REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"
+    say "throwaway Redis on 127.0.0.1:$REDIS_PORT"
+  fi
+else
+  echo "!! redis-server is not installed: the Redis broker fault tests will be skipped"
+fi
 
 find_pg_bin() {
   if command -v initdb >/dev/null 2>&1 && command -v pg_ctl >/dev/null 2>&1; then dirname "$(command -v initdb)"; return 0; fi
@@ -34,17 +80,21 @@ if [[ -n $PG_BIN ]]; then
   chmod 755 "$PGTMP"
   RUN=()
   if [[ $(id -u) == 0 ]]; then chown postgres "$PGTMP" 2>/dev/null && RUN=(runuser -u postgres --); fi
-  PORT=$($PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  PORT=$(free_port)
   stop_pg() {
     "${RUN[@]}" "$PG_BIN/pg_ctl" -D "$PGTMP/data" -m immediate stop >/dev/null 2>&1 || true
     rm -rf "$PGTMP"
   }
-  trap stop_pg EXIT
+  CLEANUPS+=(stop_pg)
   say "starting a throwaway PostgreSQL ($("$PG_BIN/postgres" --version)) on 127.0.0.1:$PORT"
   if "${RUN[@]}" "$PG_BIN/initdb" -D "$PGTMP/data" -U selfops -A trust -E UTF8 --no-sync >"$PGTMP/initdb.log" 2>&1 &&
      "${RUN[@]}" "$PG_BIN/pg_ctl" -D "$PGTMP/data" -l "$PGTMP/server.log" -w -t 60 start \
        -o "-p $PORT -k $PGTMP -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" >/dev/null; then
     say "test suite on PostgreSQL"
+    # the database-restart fault test stops and starts this server itself
+    PG_OPTS="-p $PORT -k $PGTMP -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
+    SELFOPS_TEST_PG_STOP="${RUN[*]} $PG_BIN/pg_ctl -D $PGTMP/data -m fast -w -t 60 stop" \
+    SELFOPS_TEST_PG_START="${RUN[*]} $PG_BIN/pg_ctl -D $PGTMP/data -l $PGTMP/server.log -w -t 60 start -o '$PG_OPTS'" \
     DATABASE_URL="postgres://selfops@127.0.0.1:$PORT/selfops" $PY -m pytest "$@"
     rc=$?
     [[ $rc == 0 ]] && PG_STATUS=passed || PG_STATUS="FAILED (exit $rc)"
@@ -68,5 +118,6 @@ env -u DATABASE_URL $PY -m pytest "$@"
 rc=$?
 [[ $rc == 0 ]] && SQLITE_STATUS=passed || SQLITE_STATUS="FAILED (exit $rc)"
 
-say "summary: PostgreSQL $PG_STATUS · SQLite $SQLITE_STATUS"
-[[ $SQLITE_STATUS == passed && ( $PG_STATUS == passed || $PG_STATUS == skipped ) ]]
+say "summary: PostgreSQL $PG_STATUS · SQLite $SQLITE_STATUS · bandit $BANDIT_STATUS · pip-audit $AUDIT_STATUS"
+[[ $SQLITE_STATUS == passed && ( $PG_STATUS == passed || $PG_STATUS == skipped ) && $BANDIT_STATUS == passed && \
+   $AUDIT_STATUS != FAILED ]]

@@ -212,6 +212,9 @@ SELFOPS = {
     "STEP_RETRY_BACKOFF": env.float("SELFOPS_STEP_RETRY_BACKOFF", default=0.5),
     "AGENT_TIMEOUT": env.float("SELFOPS_AGENT_TIMEOUT", default=20.0),
     "MAX_STEPS_PER_TASK": env.int("SELFOPS_MAX_STEPS_PER_TASK", default=50),
+    # the worker that decided a step delivers its payment/letter right after commit (no queue hop); off: a delivery
+    # task per effect (for a slow gateway that should not hold the advancing workers)
+    "DELIVER_INLINE": env.bool("SELFOPS_DELIVER_INLINE", default=True),
     # a case whose lease expired (its worker died) or that has sat running with no task is re-enqueued by the sweeper
     "SWEEP_STALE_AFTER": env.int("SELFOPS_SWEEP_STALE_AFTER", default=120),
     "DEFAULT_SLA_SECONDS": env.int("SELFOPS_DEFAULT_SLA_SECONDS", default=4 * 3600),
@@ -274,3 +277,77 @@ SELFOPS_GOVERNANCE = {
     # the Django group whose members change governance (and get demotion notices)
     "ADMIN_GROUP": env.str("SELFOPS_GOV_ADMIN_GROUP", default="Governance admin"),
 }
+
+
+# --- security (hardening) -------------------------------------------------------------------------------------------
+# HTTPS is on by default as soon as the site is served under a real host name; on the loopback-only default hosts
+# (`make run` on http://127.0.0.1:8000) it is off, so the demo works without certificates. Every SECURE_* below can
+# still be set one by one from the environment.
+_LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]", "::1"}
+SELFOPS_HTTPS = env.bool("SELFOPS_HTTPS", default=not DEBUG and not set(ALLOWED_HOSTS) <= _LOOPBACK_HOSTS)
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=SELFOPS_HTTPS)
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=SELFOPS_HTTPS)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=SELFOPS_HTTPS)
+SESSION_COOKIE_HTTPONLY = True
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000 if SELFOPS_HTTPS else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=SELFOPS_HTTPS)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=SELFOPS_HTTPS)
+# Opt-in, only behind a proxy that sets the header itself: e.g. SECURE_PROXY_SSL_HEADER=HTTP_X_FORWARDED_PROTO,https
+if _proxy_header := env.list("SECURE_PROXY_SSL_HEADER", default=[]):
+    SECURE_PROXY_SSL_HEADER = tuple(_proxy_header[:2])
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = env.str("SECURE_REFERRER_POLICY", default="same-origin")
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+# Bodies above this are refused with 400 before any view sees them (1 MiB; a claim payload is a few KB).
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", default=1024 * 1024)
+
+# Content Security Policy (django-csp 4): no inline script anywhere (tests scan the templates for it).
+INSTALLED_APPS += ["csp", "axes"]
+MIDDLEWARE += [
+    "csp.middleware.CSPMiddleware",
+    "selfops.middleware.DenialLogMiddleware",
+    # axes last, as its docs ask: it turns a locked-out login into its lockout response
+    "axes.middleware.AxesMiddleware",
+]
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "font-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
+
+# Login throttling (django-axes): AXES_FAILURE_LIMIT failed logins for one username from one address lock that pair
+# out for AXES_COOLOFF_HOURS.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_ENABLED = env.bool("AXES_ENABLED", default=True)
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = env.float("AXES_COOLOFF_HOURS", default=0.5)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_VERBOSE = False
+LOGGING["loggers"]["selfops.security"] = {"level": "INFO"}
+LOGGING["loggers"]["axes"] = {"level": "WARNING"}
+
+# Workflow packs every process imports (their agents register on import); tests add a pack of their own here.
+SELFOPS_PACKS = env.list("SELFOPS_PACKS", default=["operations.packs.claims"])
+
+# Payments: the gateway (unset: ledger only), its timeout, and how owed effects are retried — backoff doubling from
+# OUTBOX_RETRY_BACKOFF seconds (the sweeper hands due entries back to the workers), up to the retry window, after
+# which the entry is marked failed and needs a person's attention.
+SELFOPS_PAYMENT_GATEWAY_URL = env.str("SELFOPS_PAYMENT_GATEWAY_URL", default="")
+SELFOPS.update(
+    {
+        "PAYMENT_TIMEOUT": env.float("SELFOPS_PAYMENT_TIMEOUT", default=10.0),
+        "OUTBOX_RETRY_BACKOFF": env.float("SELFOPS_OUTBOX_RETRY_BACKOFF", default=30.0),
+        "OUTBOX_RETRY_WINDOW": env.int("SELFOPS_OUTBOX_RETRY_WINDOW", default=6 * 3600),
+    }
+)

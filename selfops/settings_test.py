@@ -18,3 +18,8 @@ STORAGES = {
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 SELFOPS = {**SELFOPS, "STEP_RETRY_BACKOFF": 0.0}  # noqa: F405
+# Tests talk plain HTTP to the test client and log in many times: HTTPS redirects and login throttling are tested in
+# their own tests, which switch them on.
+SECURE_SSL_REDIRECT = SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = False
+SECURE_HSTS_SECONDS = 0
+AXES_ENABLED = False

@@ -4,11 +4,9 @@ from django.db import migrations
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('audit', '0003_audit_sealing_verification'),
-        ('audit', '0008_alter_auditevent_action'),
+        ("audit", "0003_audit_sealing_verification"),
+        ("audit", "0008_alter_auditevent_action"),
     ]
 
-    operations = [
-    ]
+    operations = []

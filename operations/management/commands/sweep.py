@@ -1,0 +1,13 @@
+from django.core.management.base import BaseCommand
+
+from operations.services import cases_sweep
+
+
+class Command(BaseCommand):
+    help = "Re-enqueue running cases nobody is advancing (expired lease, or no task) and owed effects not delivered."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--limit", type=int, default=1000)
+
+    def handle(self, *args, limit, **options):
+        self.stdout.write(f"re-enqueued {cases_sweep(limit=limit)} cases")
