@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 from operations.models import ReferenceRecord, Step, Workflow, WorkflowStatus
 
 _steps: dict[int, dict[str, Step]] = {}
+_active: dict[str, tuple[float, Workflow | None]] = {}
+ACTIVE_WORKFLOW_TTL = 2.0  # seconds
 
 
 def workflow_steps(workflow_id: int) -> dict[str, Step]:
@@ -18,8 +22,20 @@ def workflow_steps(workflow_id: int) -> dict[str, Step]:
 
 
 def active_workflow(key: str) -> Workflow | None:
-    """The newest active version of a workflow: new cases are pinned to it."""
-    return Workflow.objects.filter(key=key, status=WorkflowStatus.ACTIVE).order_by("-version").first()
+    """The newest active version of a workflow: new cases are pinned to it. Remembered per process for a couple of
+    seconds (submissions are the API's hot path); a newly installed version takes new cases from then on."""
+    now = time.monotonic()
+    hit = _active.get(key)
+    if hit is not None and hit[0] > now:
+        return hit[1]
+    workflow = Workflow.objects.filter(key=key, status=WorkflowStatus.ACTIVE).order_by("-version").first()
+    _active[key] = (now + ACTIVE_WORKFLOW_TTL, workflow)
+    return workflow
+
+
+def forget_active_workflow(key: str) -> None:
+    """This process installed a new version of ``key``: use it at once."""
+    _active.pop(key, None)
 
 
 def reference_lookup(namespace: str, key: str) -> dict | None:
@@ -74,6 +90,7 @@ def clear_caches() -> None:
     from operations.services import _validators
 
     _steps.clear()
+    _active.clear()
     _validators.clear()
     rules.clear_caches()
     ml.clear_caches()

@@ -35,7 +35,7 @@ from operations.models import (
     WorkflowStatus,
 )
 from operations.queue import enqueue_advance, enqueue_delivery
-from operations.selectors import active_workflow
+from operations.selectors import active_workflow, forget_active_workflow
 
 MAX_PAYLOAD_BYTES = 256 * 1024
 _validators: dict[int, Draft202012Validator] = {}
@@ -509,6 +509,7 @@ def workflow_install(*, definition: dict, actor: Actor) -> Workflow:
         Workflow.objects.filter(key=key, status=WorkflowStatus.ACTIVE).exclude(pk=workflow.pk).update(
             status=WorkflowStatus.RETIRED
         )
+        forget_active_workflow(key)  # this process uses the new version at once (a rollback just re-reads)
         audit_record(
             actor=actor,
             action=AuditAction.WORKFLOW_INSTALLED,

