@@ -167,7 +167,13 @@ def _valid_proposal(p) -> bool:
         Proposal(outcome=p.outcome, action=p.action, amount=p.amount, confidence=p.confidence)
     except Exception:
         return False
-    return isinstance(p.amount, Decimal | None) and isinstance(p.confidence, float | int) and p.amount == p.amount
+    # a Decimal confidence is as valid as a float: Proposal accepts it (and evaluate() judges it) since the governance
+    # merge, so it is no garbage that must be escalated
+    return (
+        isinstance(p.amount, Decimal | None)
+        and isinstance(p.confidence, float | int | Decimal)
+        and p.amount == p.amount
+    )
 
 
 def _valid_policy(p) -> bool:
@@ -264,28 +270,30 @@ def test_agent_output_violating_the_proposal_contract_is_an_agent_error_with_no_
 
 
 @pytest.fixture
-def open_escalation(claim_generator, django_user_model, client):
-    from django.contrib.auth.models import Group
+def open_escalation(claim_generator, client):
+    from operations.roles import SUPERVISOR
+    from tests.helpers import make_user
 
     case = submit(claim_generator.claim("over_limit"))
     engine.advance_case(case.pk)
     escalation = Escalation.objects.get(case=case)
-    user = django_user_model.objects.create_user("sam", password="x" * 12)
-    user.groups.add(Group.objects.get_or_create(name=escalation.queue)[0])
-    client.force_login(user)
+    # a supervisor of the escalation's queue: resolving needs an acting role, or every post is a 403
+    client.force_login(make_user("sam", SUPERVISOR, escalation.queue))
     return escalation
 
 
 @pytest.mark.parametrize(
     "data",
     [
-        {"resolution": "approve"},  # no note
-        {"resolution": "pay-everyone", "note": "n"},
-        {"resolution": "amend", "note": "n", "amount": "-1", "outcome": "approve"},
-        {"resolution": "amend", "note": "n", "amount": "1e20", "outcome": "approve"},
-        {"resolution": "amend", "note": "n", "amount": "lots", "outcome": "approve"},
-        {"resolution": "approve", "note": "n" * 5000},
-        {"resolution": "amend", "note": "n", "outcome": "x" * 200},
+        {"resolution": "approve", "reason_code": "verified"},  # no note
+        {"resolution": "approve", "note": "n"},  # no reason code
+        {"resolution": "approve", "reason_code": "no-such-code", "note": "n"},
+        {"resolution": "pay-everyone", "reason_code": "verified", "note": "n"},
+        {"resolution": "amend", "reason_code": "amount_corrected", "note": "n", "amount": "-1", "outcome": "approve"},
+        {"resolution": "amend", "reason_code": "amount_corrected", "note": "n", "amount": "1e20", "outcome": "approve"},
+        {"resolution": "amend", "reason_code": "amount_corrected", "note": "n", "amount": "lots", "outcome": "approve"},
+        {"resolution": "approve", "reason_code": "verified", "note": "n" * 5000},
+        {"resolution": "amend", "reason_code": "outcome_corrected", "note": "n", "outcome": "x" * 200},
     ],
 )
 def test_the_resolve_form_refuses_bad_input_and_changes_nothing(open_escalation, client, data):
@@ -293,15 +301,25 @@ def test_the_resolve_form_refuses_bad_input_and_changes_nothing(open_escalation,
     response = client.post(f"/escalations/{open_escalation.pk}/resolve", data)
     assert response.status_code == 400
     open_escalation.refresh_from_db()
-    assert open_escalation.status == EscalationStatus.OPEN
+    assert open_escalation.status == EscalationStatus.OPEN and not open_escalation.pending_approval
     assert _counts() == before
 
 
+def test_the_same_supervisor_resolves_with_good_input(open_escalation, client):
+    # the control for the refusals above: they are about the input, not about who posts it
+    data = {"resolution": "reject", "reason_code": "not_covered", "note": "n"}
+    response = client.post(f"/escalations/{open_escalation.pk}/resolve", data)
+    assert response.status_code == 302
+    open_escalation.refresh_from_db()
+    assert open_escalation.status == EscalationStatus.RESOLVED
+
+
 def test_an_oversize_body_is_refused_before_any_view_runs(open_escalation, client, settings):
-    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 4096
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1024
     before = _counts()
-    response = client.post(f"/escalations/{open_escalation.pk}/resolve", {"resolution": "approve", "note": "n" * 8000})
-    assert response.status_code == 400
+    data = {"resolution": "reject", "reason_code": "not_covered", "note": "n" * 2000}  # a valid form but for its size
+    response = client.post(f"/escalations/{open_escalation.pk}/resolve", data)
+    assert response.status_code == 400 and b'name="reason_code"' not in response.content  # not the form's own 400
     open_escalation.refresh_from_db()
     assert open_escalation.status == EscalationStatus.OPEN and _counts() == before
 
