@@ -58,7 +58,7 @@ class AgentPolicyForm(forms.ModelForm, PolicyTermsForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if self.instance.pk:
+        if self.instance.pk and "agent_key" in self.fields:  # a view-only user's form has no fields
             self.fields["agent_key"].disabled = True
             if self.instance.current_version_id:
                 self.initial.update(policy_terms(self.instance.current_version))

@@ -77,11 +77,29 @@ def cases_for(user):
     return qs.filter(pk__in=escalations_for(user).values("case_id"))
 
 
-def case_timeline(*, case) -> list:
-    """Everything the audit trail holds about one case, in order."""
+def case_timeline(*, case, visible_escalations=None) -> list:
+    """Everything the audit trail holds about one case, in order, as the reader may see it: with
+    ``visible_escalations`` (the escalations queryset the reader may see), the events of the case's other
+    escalations are left out and human notes are dropped from the rest, so another queue's decisions do not leak
+    through the case's history. Without it (internal use, auditors' dossier) the whole story."""
     from audit.models import AuditEvent
+    from operations.models import Escalation
 
-    return list(AuditEvent.objects.filter(case_id=case.pk).order_by("id"))
+    events = list(AuditEvent.objects.filter(case_id=case.pk).order_by("id"))
+    if visible_escalations is None:
+        return events
+    every = set(Escalation.objects.filter(case=case).values_list("pk", flat=True))
+    hidden = {str(pk) for pk in every - set(visible_escalations.filter(case=case).values_list("pk", flat=True))}
+    if not hidden:
+        return events
+    shown = []
+    for event in events:
+        if event.subject_type == "operations.escalation" and event.subject_id in hidden:
+            continue
+        if isinstance(event.data, dict) and "note" in event.data:
+            event.data = {k: v for k, v in event.data.items() if k != "note"}  # a display copy; nothing is saved
+        shown.append(event)
+    return shown
 
 
 def clear_caches() -> None:
@@ -148,7 +166,7 @@ def case_detail_parts(*, user, case) -> dict:
         "runs": list(case.step_runs.select_related("step").order_by("id")),
         "escalations": list(escalations_for(user).filter(case=case).order_by("id")),
         "outbox": list(OutboxEntry.objects.filter(case=case).order_by("id")),
-        "timeline": case_timeline(case=case),
+        "timeline": case_timeline(case=case, visible_escalations=escalations_for(user)),
     }
 
 

@@ -184,7 +184,7 @@ def _detail_context(request, escalation, form=None):
         "form": form or ResolveForm(initial=_initial(escalation)),
         "reassign_form": ReassignForm(user=request.user),
         "reason_codes": REASON_CODES,
-        "timeline": case_timeline(case=escalation.case),
+        "timeline": case_timeline(case=escalation.case, visible_escalations=escalations_for(request.user)),
         "similar": similar_escalations(user=request.user, escalation=escalation),
         "documents": (escalation.case.payload or {}).get("documents") or [],
         "outcomes": list(escalation.step.transitions),

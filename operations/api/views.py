@@ -154,7 +154,8 @@ class CaseTimelineApi(ApiView):
     )
     def get(self, request, pk: int):
         case = get_object_or_404(self.who.cases(), pk=pk)
-        return Response(s.AuditEventOut(case_timeline(case=case), many=True).data)
+        timeline = case_timeline(case=case, visible_escalations=self.who.escalations())
+        return Response(s.AuditEventOut(timeline, many=True).data)
 
 
 class CaseCancelApi(ApiView):
