@@ -56,6 +56,7 @@ class AuditAction(models.TextChoices):
     WEBHOOK_UNSUBSCRIBED = "webhook.unsubscribed", "Webhook subscription removed"
     WEBHOOK_REDELIVERY = "webhook.redelivery", "Webhook redelivery requested"
     WEBHOOK_DEAD_LETTERED = "webhook.dead_lettered", "Webhook delivery dead-lettered"
+    LLM_ENDPOINT_CHANGED = "agent.llm_endpoint_changed", "LLM endpoint changed"
 
 
 class AuditEvent(models.Model):

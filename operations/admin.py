@@ -19,6 +19,7 @@ from operations.models import (
     ApiScope,
     Case,
     Escalation,
+    LLMEndpoint,
     ModelArtifact,
     OutboxEntry,
     ReferenceRecord,
@@ -341,3 +342,49 @@ class WebhookDeliveryAdmin(ReadOnlyAdmin):
                 webhook_redeliver(delivery_id=delivery.pk, actor=Actor.user(request.user))
             except DomainError as exc:
                 messages.error(request, f"delivery {delivery.pk}: {exc.message}")
+
+
+class LLMEndpointForm(forms.ModelForm):
+    api_key = forms.CharField(
+        required=False,
+        widget=forms.PasswordInput(render_value=False),
+        help_text="Write-only: leave empty to keep the current key.",
+    )
+
+    class Meta:
+        model = LLMEndpoint
+        fields = ("active", "base_url", "model", "api_key", "timeout", "price_in", "price_out")
+
+
+@admin.register(LLMEndpoint)
+class LLMEndpointAdmin(admin.ModelAdmin):
+    """The LLM agents' endpoint; saved through the service, so it is validated and audited."""
+
+    form = LLMEndpointForm
+    list_display = ("__str__", "active", "updated_by", "updated_at")
+
+    def has_add_permission(self, request):
+        return not LLMEndpoint.objects.exists() and super().has_add_permission(request)
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def save_model(self, request, obj, form, change):
+        from operations.agents.llm import llm_endpoint_configure
+
+        data = form.cleaned_data
+        try:
+            saved = llm_endpoint_configure(
+                actor=Actor.user(request.user),
+                active=data["active"],
+                base_url=data["base_url"],
+                model=data["model"],
+                api_key=data["api_key"] or None,
+                timeout=data["timeout"],
+                price_in=data["price_in"],
+                price_out=data["price_out"],
+            )
+        except DomainError as exc:
+            messages.error(request, f"{exc.message}: {exc.fields}")
+            return
+        obj.pk = saved.pk

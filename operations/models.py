@@ -615,3 +615,35 @@ class WebhookDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event_type} {self.event_id} -> {self.subscription_id}"
+
+
+class LLMEndpoint(models.Model):
+    """The OpenAI-compatible chat-completions endpoint that LLM agents call, configured by a governance admin in the
+    admin (one row). Empty fields fall back to the environment (``SELFOPS_LLM_*``); inactive: the environment only.
+    The key is write-only: the admin never shows it back, the audit trail records only that it changed."""
+
+    active = models.BooleanField(default=True)
+    base_url = models.URLField(max_length=300, blank=True)
+    model = models.CharField(max_length=100, blank=True)
+    api_key = models.CharField(max_length=300, blank=True)
+    timeout = models.FloatField(null=True, blank=True, help_text="Seconds per call (0.5 to 60).")
+    price_in = models.DecimalField(max_digits=10, decimal_places=6, null=True, blank=True)
+    price_out = models.DecimalField(max_digits=10, decimal_places=6, null=True, blank=True)
+    updated_by = models.CharField(max_length=150, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "LLM endpoint"
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(timeout__isnull=True) | Q(timeout__gte=0.5, timeout__lte=60), name="llm_timeout_range"
+            ),
+            models.CheckConstraint(
+                condition=(Q(price_in__isnull=True) | Q(price_in__gte=0))
+                & (Q(price_out__isnull=True) | Q(price_out__gte=0)),
+                name="llm_prices_non_negative",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model or '(model from environment)'} at {self.base_url or '(URL from environment)'}"

@@ -104,13 +104,14 @@ def case_timeline(*, case, visible_escalations=None) -> list:
 
 def clear_caches() -> None:
     """Forget cached workflow data (tests, whose rolled-back ids can be reused)."""
-    from operations.agents import ml, rules, versions
+    from operations.agents import llm, ml, rules, versions
     from operations.services import _validators
 
     _steps.clear()
     _active.clear()
     _validators.clear()
     rules.clear_caches()
+    llm.forget_endpoint()
     ml.clear_caches()
     versions.clear_caches()
 

@@ -40,15 +40,44 @@ class LLMConfig:
         return ((self.price_in * tokens_in + self.price_out * tokens_out) / 1000).quantize(Decimal("0.000001"))
 
 
+_endpoint_cache: tuple[float, object] = (0.0, None)
+ENDPOINT_TTL = 5.0  # seconds a process keeps the admin's endpoint row before reading it again
+
+
+def _admin_endpoint():
+    """The endpoint row a governance admin configured, or None; read at most every few seconds per process."""
+    import time
+
+    from operations.models import LLMEndpoint
+
+    global _endpoint_cache
+    now = time.monotonic()
+    if _endpoint_cache[0] <= now:
+        _endpoint_cache = (now + ENDPOINT_TTL, LLMEndpoint.objects.filter(active=True).first())
+    return _endpoint_cache[1]
+
+
+def forget_endpoint() -> None:
+    global _endpoint_cache
+    _endpoint_cache = (0.0, None)
+
+
 def llm_config() -> LLMConfig:
+    """The endpoint to call: the admin's configuration where it sets a field, else the environment's."""
     conf = getattr(settings, "SELFOPS_LLM", {}) or {}
+    row = _admin_endpoint()
+
+    def pick(field: str, key: str, default):
+        value = getattr(row, field, None) if row is not None else None
+        return value if value not in (None, "") else conf.get(key, default)
+
     return LLMConfig(
-        base_url=conf.get("BASE_URL", ""),
-        model=conf.get("MODEL", ""),
-        api_key=conf.get("API_KEY", ""),
-        timeout=float(conf.get("TIMEOUT", 8.0)),
-        price_in=Decimal(str(conf.get("PRICE_IN", 0))),
-        price_out=Decimal(str(conf.get("PRICE_OUT", 0))),
+        base_url=pick("base_url", "BASE_URL", ""),
+        model=pick("model", "MODEL", ""),
+        api_key=pick("api_key", "API_KEY", ""),
+        timeout=float(pick("timeout", "TIMEOUT", 8.0)),
+        price_in=Decimal(str(pick("price_in", "PRICE_IN", 0))),
+        price_out=Decimal(str(pick("price_out", "PRICE_OUT", 0))),
     )
 
 
@@ -119,3 +148,59 @@ def ask_json(
             {"role": "user", "content": f"That answer was invalid: {problem}. Answer again with valid JSON only."},
         ]
     raise LLMError(f"the language model gave no valid answer after {attempts} tries: {problem}")
+
+
+def llm_endpoint_configure(
+    *,
+    actor,
+    active: bool = True,
+    base_url: str = "",
+    model: str = "",
+    api_key: str | None = None,
+    timeout: float | None = None,
+    price_in=None,
+    price_out=None,
+):
+    """Set the LLM endpoint from the admin (one row; ``api_key=None`` keeps the current key). Validated, audited
+    (the key itself never enters the trail), and used by every process within a few seconds."""
+    from django.core.exceptions import ValidationError
+    from django.db import transaction
+
+    from audit.models import AuditAction
+    from audit.services import audit_record
+    from operations.errors import ValidationFailed
+    from operations.models import LLMEndpoint
+
+    with transaction.atomic():
+        row = LLMEndpoint.objects.select_for_update().order_by("pk").first() or LLMEndpoint()
+        key_changed = api_key is not None and api_key != row.api_key
+        row.active, row.base_url, row.model = active, (base_url or "").strip(), (model or "").strip()
+        if api_key is not None:
+            row.api_key = api_key.strip()
+        row.timeout, row.price_in, row.price_out = timeout, price_in, price_out
+        row.updated_by = actor.label
+        if row.base_url and not row.model and not (getattr(settings, "SELFOPS_LLM", {}) or {}).get("MODEL"):
+            raise ValidationFailed("a model is needed with a base URL", fields={"model": "required"})
+        try:
+            row.full_clean()
+        except ValidationError as exc:
+            raise ValidationFailed(
+                "the LLM endpoint is not valid", fields={k: "; ".join(v) for k, v in exc.message_dict.items()}
+            ) from exc
+        row.save()
+        audit_record(
+            actor=actor,
+            action=AuditAction.LLM_ENDPOINT_CHANGED,
+            subject=row,
+            data={
+                "active": row.active,
+                "base_url": row.base_url,
+                "model": row.model,
+                "timeout": row.timeout,
+                "price_in": row.price_in,
+                "price_out": row.price_out,
+                "key_changed": key_changed,
+            },
+        )
+    forget_endpoint()
+    return row

@@ -18,7 +18,9 @@ from rest_framework.pagination import CursorPagination
 from rest_framework.response import Response
 
 from audit.context import correlation
+from audit.dossier import case_dossier
 from audit.models import AuditEvent
+from audit.verification import verify_status
 from governance.models import AgentPolicy, StopSwitch
 from governance.services import stop_engage, stop_release
 from operations.api import serializers as s
@@ -355,6 +357,38 @@ class AuditEventsApi(ApiView, generics.ListAPIView):
     @extend_schema(operation_id="audit_events_list", summary="Audit events by subject", tags=["audit"])
     def get(self, request, *args, **kwargs):
         return super().get(request, *args, **kwargs)
+
+
+class AuditChainStatusApi(ApiView):
+    queryset = AuditEvent.objects.none()
+    required_scopes = {"GET": ApiScope.AUDIT_READ}
+
+    @extend_schema(
+        operation_id="audit_chain_status",
+        summary="The hash chain at a glance: sealed up to, head hash, unsealed backlog, last verification",
+        tags=["audit"],
+        responses={200: OpenApiTypes.OBJECT, **error_responses()},
+    )
+    def get(self, request):
+        return Response(verify_status().as_dict())
+
+
+class CaseDossierApi(ApiView):
+    """Everything that happened to one case, with the chain proof (for a customer contesting a decision or a
+    regulator): only for cases the caller may see."""
+
+    queryset = Case.objects.none()
+    required_scopes = {"GET": ApiScope.AUDIT_READ}
+
+    @extend_schema(
+        operation_id="cases_dossier",
+        summary="The case's dossier: its events, each with its seal number and hashes, and a signed head digest",
+        tags=["audit"],
+        responses={200: OpenApiTypes.OBJECT, **error_responses(404)},
+    )
+    def get(self, request, pk: int):
+        case = get_object_or_404(self.who.cases(), pk=pk)
+        return Response(case_dossier(case.pk))
 
 
 # --- metrics ----------------------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ def owned(intake, claim_generator):
 ROUTES = [
     ("get", "/api/v1/cases/{case}/"),
     ("get", "/api/v1/cases/{case}/timeline/"),
+    ("get", "/api/v1/cases/{case}/dossier/"),
     ("post", "/api/v1/cases/{case}/cancel/"),
     ("get", "/api/v1/escalations/{escalation}/"),
     ("post", "/api/v1/escalations/{escalation}/claim/"),
@@ -45,6 +46,7 @@ ROUTES = [
     ("get", "/api/v1/webhooks/deliveries/{delivery}/"),
     ("post", "/api/v1/webhooks/deliveries/{delivery}/redeliver/"),
 ]
+# every id-taking route of the API must be in ROUTES (checked below), so a new one cannot skip this test
 BODIES = {"cancel": {"reason": "mine now"}, "resolve": {"resolution": "approve", "note": "mine now"}}
 
 
@@ -119,3 +121,19 @@ def test_a_portal_user_sees_escalations_of_their_groups_only(owned, client, db):
 
     assert refused == [404, 404, 404]
     assert allowed == [200, 200]
+
+
+def test_every_id_taking_api_route_is_in_the_table():
+    from operations.api import urls
+
+    taking_ids = {
+        "/api/" + str(p.pattern).replace("<int:pk>", "{}") for p in urls.urlpatterns if "<int:pk>" in str(p.pattern)
+    }
+    listed = {
+        url.replace("{case}", "{}")
+        .replace("{escalation}", "{}")
+        .replace("{subscription}", "{}")
+        .replace("{delivery}", "{}")
+        for _, url in ROUTES
+    }
+    assert taking_ids <= listed, sorted(taking_ids - listed)
