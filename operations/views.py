@@ -350,7 +350,11 @@ def dashboard(request):
 
 
 def _may_roll_out(user) -> bool:
-    return user.is_superuser or user.has_perm("operations.change_agentversion")
+    return (
+        user.is_superuser
+        or user.has_perm("operations.change_agentversion")
+        or roles.GOVERNANCE_ADMIN in roles.group_names(user)  # rollouts are governance decisions
+    )
 
 
 @login_required

@@ -4,29 +4,44 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('operations', '0005_merge_20261125_2117'),
+        ("operations", "0005_merge_20261125_2117"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='LLMEndpoint',
+            name="LLMEndpoint",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('active', models.BooleanField(default=True)),
-                ('base_url', models.URLField(blank=True, max_length=300)),
-                ('model', models.CharField(blank=True, max_length=100)),
-                ('api_key', models.CharField(blank=True, max_length=300)),
-                ('timeout', models.FloatField(blank=True, help_text='Seconds per call (0.5 to 60).', null=True)),
-                ('price_in', models.DecimalField(blank=True, decimal_places=6, max_digits=10, null=True)),
-                ('price_out', models.DecimalField(blank=True, decimal_places=6, max_digits=10, null=True)),
-                ('updated_by', models.CharField(blank=True, max_length=150)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("active", models.BooleanField(default=True)),
+                ("base_url", models.URLField(blank=True, max_length=300)),
+                ("model", models.CharField(blank=True, max_length=100)),
+                ("api_key", models.CharField(blank=True, max_length=300)),
+                ("timeout", models.FloatField(blank=True, help_text="Seconds per call (0.5 to 60).", null=True)),
+                ("price_in", models.DecimalField(blank=True, decimal_places=6, max_digits=10, null=True)),
+                ("price_out", models.DecimalField(blank=True, decimal_places=6, max_digits=10, null=True)),
+                ("updated_by", models.CharField(blank=True, max_length=150)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
             ],
             options={
-                'verbose_name': 'LLM endpoint',
-                'constraints': [models.CheckConstraint(condition=models.Q(('timeout__isnull', True), models.Q(('timeout__gte', 0.5), ('timeout__lte', 60)), _connector='OR'), name='llm_timeout_range'), models.CheckConstraint(condition=models.Q(models.Q(('price_in__isnull', True), ('price_in__gte', 0), _connector='OR'), models.Q(('price_out__isnull', True), ('price_out__gte', 0), _connector='OR')), name='llm_prices_non_negative')],
+                "verbose_name": "LLM endpoint",
+                "constraints": [
+                    models.CheckConstraint(
+                        condition=models.Q(
+                            ("timeout__isnull", True),
+                            models.Q(("timeout__gte", 0.5), ("timeout__lte", 60)),
+                            _connector="OR",
+                        ),
+                        name="llm_timeout_range",
+                    ),
+                    models.CheckConstraint(
+                        condition=models.Q(
+                            models.Q(("price_in__isnull", True), ("price_in__gte", 0), _connector="OR"),
+                            models.Q(("price_out__isnull", True), ("price_out__gte", 0), _connector="OR"),
+                        ),
+                        name="llm_prices_non_negative",
+                    ),
+                ],
             },
         ),
     ]
