@@ -229,14 +229,17 @@ def queue_depths(escalations) -> list[dict]:
 def agents(since) -> list[dict]:
     """Per agent: autonomy level, decisions, escalations, agreement (approved as proposed / decided), limits."""
     runs = {
-        key: {"runs": n, "escalated": e, "failed": f, "avg_ms": avg}
-        for key, n, e, f, avg in StepRun.objects.filter(started_at__gte=since)
+        key: {"runs": n, "escalated": e, "failed": f, "avg_ms": avg, "tokens": (ti or 0) + (to or 0), "cost": cost}
+        for key, n, e, f, avg, ti, to, cost in StepRun.objects.filter(started_at__gte=since)
         .values_list("agent_key")
         .annotate(
             n=Count("id"),
             e=Count("id", filter=Q(status=StepRunStatus.ESCALATED)),
             f=Count("id", filter=Q(status__in=[StepRunStatus.FAILED, StepRunStatus.LOST])),
             avg=Avg("duration_ms"),
+            ti=Sum("tokens_in"),
+            to=Sum("tokens_out"),
+            cost=Sum("cost"),
         )
         .order_by()
     }
@@ -259,7 +262,7 @@ def agents(since) -> list[dict]:
     for key in sorted(set(runs) | set(policies)):
         version = policies.get(key)
         a, d = agreement.get(key, (0, 0))
-        row = runs.get(key, {"runs": 0, "escalated": 0, "failed": 0, "avg_ms": None})
+        row = runs.get(key, {"runs": 0, "escalated": 0, "failed": 0, "avg_ms": None, "tokens": 0, "cost": None})
         out.append(
             {
                 "agent": key,

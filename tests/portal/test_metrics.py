@@ -85,3 +85,26 @@ def test_sla_compliance_counts_on_time_resolutions_and_breaches(claim_generator,
 
     assert (sla["on_time"], sla["resolved"], sla["compliance"]) == (1, 2, 0.5)
     assert sla["breaches"]["today"] == 1 and sla["open_breached"] == 1
+
+
+def test_the_agent_table_shows_time_tokens_and_money_per_agent(claim_generator):
+    from datetime import timedelta
+    from decimal import Decimal
+
+    from django.utils import timezone
+
+    from operations import metrics
+    from operations.models import StepRun
+    from tests.helpers import settle, submit
+
+    case = submit(claim_generator.claim("straight_through"))
+    settle(case.pk)
+    StepRun.objects.filter(case=case, step__key="communication").update(
+        tokens_in=1200, tokens_out=300, cost=Decimal("0.004500")
+    )
+
+    rows = {r["agent"]: r for r in metrics.agents(timezone.now() - timedelta(days=1))}
+
+    letters = rows["claims.communication"]
+    assert (letters["tokens"], letters["cost"]) == (1500, Decimal("0.004500"))
+    assert letters["avg_ms"] is not None and rows["claims.intake"]["tokens"] == 0
