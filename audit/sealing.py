@@ -32,7 +32,7 @@ def chain_head(cursor=None) -> tuple[int | None, str]:
     """The last sealed (seq, hash), or (None, GENESIS) for an empty chain."""
 
     def read(c):
-        c.execute(f"SELECT seal_seq, hash FROM {TABLE} WHERE seal_seq IS NOT NULL ORDER BY seal_seq DESC LIMIT 1")  # noqa: S608
+        c.execute(f"SELECT seal_seq, hash FROM {TABLE} WHERE seal_seq IS NOT NULL ORDER BY seal_seq DESC LIMIT 1")  # noqa: S608  # nosec B608
         row = c.fetchone()
         return (row[0], row[1]) if row else (None, GENESIS)
 
@@ -51,7 +51,7 @@ def _lock(cursor) -> None:
 def _write(cursor, ids: list[int], seqs: list[int], hashes: list[str]) -> None:
     if connection.vendor == "postgresql":
         cursor.execute(
-            f"UPDATE {TABLE} AS e SET seal_seq = v.seq, hash = v.hash "  # noqa: S608
+            f"UPDATE {TABLE} AS e SET seal_seq = v.seq, hash = v.hash "  # noqa: S608  # nosec B608
             "FROM unnest(%s::bigint[], %s::bigint[], %s::text[]) AS v(id, seq, hash) "
             # the id range lets the planner walk the unsealed index instead of the whole table
             "WHERE e.id = v.id AND e.seal_seq IS NULL AND e.id BETWEEN %s AND %s",
@@ -59,7 +59,7 @@ def _write(cursor, ids: list[int], seqs: list[int], hashes: list[str]) -> None:
         )
     else:
         cursor.executemany(
-            f"UPDATE {TABLE} SET seal_seq = %s, hash = %s WHERE id = %s",  # noqa: S608
+            f"UPDATE {TABLE} SET seal_seq = %s, hash = %s WHERE id = %s",  # noqa: S608  # nosec B608
             list(zip(seqs, hashes, ids, strict=True)),
         )
 
@@ -70,7 +70,7 @@ def seal_batch(batch_size: int = DEFAULT_BATCH_SIZE) -> int:
         _lock(cursor)
         head_seq, prev = chain_head(cursor)
         cursor.execute(
-            f"SELECT {select_columns(connection.vendor)} FROM {TABLE} WHERE seal_seq IS NULL ORDER BY id LIMIT %s",  # noqa: S608
+            f"SELECT {select_columns(connection.vendor)} FROM {TABLE} WHERE seal_seq IS NULL ORDER BY id LIMIT %s",  # noqa: S608  # nosec B608
             [batch_size],
         )
         rows = cursor.fetchall()

@@ -83,7 +83,7 @@ def _stream(up_to: int | None, from_seq: int = 1):
     vendor = connection.vendor
     with connection.chunked_cursor() as cursor:
         columns = select_columns(vendor)
-        cursor.execute(f"SELECT {columns} FROM {TABLE} WHERE {where} ORDER BY seal_seq", params)  # noqa: S608
+        cursor.execute(f"SELECT {columns} FROM {TABLE} WHERE {where} ORDER BY seal_seq", params)  # noqa: S608  # nosec B608
         chunks: queue.Queue = queue.Queue(maxsize=2)
         stop = threading.Event()
 

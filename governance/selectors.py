@@ -44,7 +44,7 @@ def engaged_stops(*, workflow_key: str, agent_key: str) -> list[StopSwitch]:
     time (never a long-lived cache), so a stop takes effect before the next step starts. The query is the cheapest
     one that can answer (engaged switches are few, usually none): the scope is matched here, not in SQL."""
     with connection.cursor() as cursor:  # the hot path: one indexed probe, no ORM query building
-        cursor.execute(f"SELECT 1 FROM {StopSwitch._meta.db_table} WHERE engaged LIMIT 1")  # noqa: S608
+        cursor.execute(f"SELECT 1 FROM {StopSwitch._meta.db_table} WHERE engaged LIMIT 1")  # noqa: S608  # nosec B608
         if cursor.fetchone() is None:
             return []
     return [

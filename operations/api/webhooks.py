@@ -235,7 +235,7 @@ def _backoff(attempts: int) -> timedelta:
 def _post(url: str, body: bytes, headers: dict, timeout: float) -> int:
     request = urllib.request.Request(url, data=body, headers=headers, method="POST")  # noqa: S310 (http(s) only)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310  # nosec B310
             return response.status
     except urllib.error.HTTPError as exc:
         return exc.code
