@@ -239,7 +239,10 @@ def test_the_sweeper_re_enqueues_only_cases_nobody_is_advancing(claim_generator,
     # given a case whose worker died (lease expired), one lost between commit and enqueue, and a healthy one
     dead, lost, healthy = (submit(claim_generator.claim("straight_through")) for _ in range(3))
     now = timezone.now()
-    Case.objects.filter(pk=dead.pk).update(lease_owner="w", lease_expires_at=now - timedelta(seconds=5))
+    lease = settings.Q_CLUSTER["timeout"]  # the worker took its lease a whole lease period ago, then died
+    Case.objects.filter(pk=dead.pk).update(
+        lease_owner="w", lease_expires_at=now - timedelta(seconds=5), updated_at=now - timedelta(seconds=lease + 5)
+    )
     Case.objects.filter(pk=lost.pk).update(
         updated_at=now - timedelta(seconds=settings.SELFOPS["SWEEP_STALE_AFTER"] + 5)
     )
