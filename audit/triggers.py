@@ -4,21 +4,11 @@ The one change allowed is the sealer's: a row whose ``seal_seq`` is still NULL m
 once, with every other column unchanged. UPDATE otherwise, DELETE and TRUNCATE are refused.
 """
 
+from audit.chain import CHAINED_FIELDS
+
 TABLE = "audit_auditevent"
-_DATA_COLUMNS = (
-    "id",
-    "occurred_at",
-    "actor_type",
-    "actor_id",
-    "actor_label",
-    "action",
-    "subject_type",
-    "subject_id",
-    "subject_label",
-    "case_id",
-    "data",
-    "correlation_id",
-)
+# Every column the hash chain covers is immutable; seal_seq (and hash) are the sealer's one-time fill.
+_DATA_COLUMNS = tuple(c for c in CHAINED_FIELDS if c != "seal_seq")
 
 # data is compared as jsonb (binary, equal when semantically equal: the hash is over the parsed value anyway), which
 # costs the sealer far less than rendering both versions as text.

@@ -24,20 +24,7 @@ class PolicyVersionInline(admin.TabularInline):
     model = PolicyVersion
     extra = 0
     can_delete = False
-    fields = (
-        "number",
-        "autonomy",
-        "allowed_actions",
-        "max_amount",
-        "min_confidence",
-        "daily_amount_budget",
-        "hourly_decision_limit",
-        "qa_sample_rate",
-        "rules",
-        "note",
-        "created_by",
-        "created_at",
-    )
+    fields = ("number", *POLICY_FIELDS, "note", "created_by", "created_at")
     readonly_fields = fields
 
     def has_add_permission(self, request, obj=None):

@@ -14,6 +14,7 @@ from django.db.models.fields.json import KT
 from django.db.models.functions import Cast, TruncDate
 from django.utils import timezone
 
+from governance.selectors import wilson_interval
 from operations.models import (
     Case,
     CaseStatus,
@@ -38,14 +39,9 @@ def _starts(now):
 
 
 def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
-    """The Wilson score interval of a proportion (95% by default); None without observations."""
-    if n <= 0:
-        return None
-    p = successes / n
-    denominator = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denominator
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
+    """The Wilson score interval of a proportion (95% by default); None without observations (the dashboard shows
+    a dash rather than governance's uninformative 0..1)."""
+    return wilson_interval(successes, n, z) if n > 0 else None
 
 
 def throughput(series: dict) -> dict:

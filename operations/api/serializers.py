@@ -7,6 +7,7 @@ from rest_framework import serializers
 
 from audit.models import AuditEvent
 from governance.models import AgentPolicy, PolicyVersion, StopScope, StopSwitch
+from governance.services import POLICY_FIELDS
 from operations.models import (
     Case,
     Escalation,
@@ -164,20 +165,7 @@ class EscalationResolveIn(serializers.Serializer):
 class PolicyVersionOut(serializers.ModelSerializer):
     class Meta:
         model = PolicyVersion
-        fields = [
-            "number",
-            "autonomy",
-            "allowed_actions",
-            "max_amount",
-            "min_confidence",
-            "daily_amount_budget",
-            "hourly_decision_limit",
-            "qa_sample_rate",
-            "rules",
-            "note",
-            "created_by",
-            "created_at",
-        ]
+        fields = ["number", *POLICY_FIELDS, "note", "created_by", "created_at"]
 
 
 class AgentPolicyOut(serializers.ModelSerializer):
