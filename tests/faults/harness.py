@@ -12,13 +12,12 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote
 
 from django.conf import settings
-from django.db import connection
 from django.db.models import Count, Q
 
 from audit.models import AuditAction, AuditEvent
+from operations.bench.cluster import database_url
 from operations.models import (
     Case,
     CaseStatus,
@@ -38,17 +37,6 @@ END_STATE = {CaseStatus.COMPLETED: "completed", CaseStatus.REJECTED: "rejected",
 def claims_count(default: int) -> int:
     """How many claims a fault test runs: bounded for CI, raised by hand with SELFOPS_FAULT_CLAIMS for a long run."""
     return int(os.environ.get("SELFOPS_FAULT_CLAIMS", default))
-
-
-def database_url() -> str:
-    """The test database as a DATABASE_URL another process can open."""
-    s = connection.settings_dict
-    if connection.vendor == "sqlite":
-        return f"sqlite:///{s['NAME']}"
-    auth = quote(s["USER"] or "")
-    if s.get("PASSWORD"):
-        auth += ":" + quote(s["PASSWORD"])
-    return f"postgres://{auth}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
 
 
 def worker_env(tmp_path: Path, **extra: str) -> dict[str, str]:
