@@ -1,5 +1,6 @@
 import json
 
+from django.core.management import call_command, get_commands
 from django.core.management.base import BaseCommand, CommandError
 
 from operations.bench.engine_bench import EngineBench
@@ -9,14 +10,28 @@ def _fmt(value, unit="", digits=1):
     return "—" if value is None else f"{value:,.{digits}f}{unit}"
 
 
+# `bench <target> ...` for the other benchmarks runs the command that implements it, with the remaining arguments.
+DELEGATES = {"portal": "bench_portal", "audit": "bench_audit", "governance": "bench_governance"}
+
+
 class Command(BaseCommand):
     help = (
         "Benchmarks that print figures and ratios measured in one run. "
-        "`bench engine --cases N [--workers W] [--json]` or `bench engine --rate R --duration D`."
+        "`bench engine --cases N [--workers W] [--json]` or `bench engine --rate R --duration D`; "
+        "`bench portal|audit|governance --help` for the others."
     )
 
+    def run_from_argv(self, argv):
+        if len(argv) > 2 and argv[2] in DELEGATES:
+            from django.core.management import load_command_class
+
+            name = DELEGATES[argv[2]]
+            command = load_command_class(get_commands()[name], name)
+            return command.run_from_argv([argv[0], f"bench {argv[2]}", *argv[3:]])
+        return super().run_from_argv(argv)
+
     def add_arguments(self, parser):
-        parser.add_argument("target", choices=["engine"])
+        parser.add_argument("target", choices=["engine", *DELEGATES])
         parser.add_argument("--cases", type=int, default=2000)
         parser.add_argument(
             "--reference-cases",
@@ -34,6 +49,8 @@ class Command(BaseCommand):
     def handle(
         self, *args, target, cases, reference_cases, noop_tasks, workers, rate, duration, seed, as_json, **options
     ):
+        if target in DELEGATES:  # reached through call_command (the command line goes through run_from_argv)
+            return call_command(DELEGATES[target], stdout=self.stdout)
         if cases < 1 or workers < 1 or noop_tasks < 1:
             raise CommandError("--cases, --workers and --noop-tasks must be at least 1")
         bench = EngineBench(out=self.stdout.write, workers=workers, seed=seed)
