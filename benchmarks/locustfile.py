@@ -13,14 +13,14 @@ import os
 import random
 import uuid
 
-from locust import HttpUser, between, task
+from locust import FastHttpUser, between, task
 
 from operations.packs.claims.data import ClaimGenerator
 
 API_KEY = os.environ.get("SELFOPS_API_KEY", "")
 
 
-class Integrator(HttpUser):
+class Integrator(FastHttpUser):  # the gevent HTTP client: the load generator must not be what limits
     wait_time = between(0, 0.01)
 
     def on_start(self):

@@ -1,10 +1,11 @@
 """Idempotent POSTs: a client's retry with the same ``Idempotency-Key`` gets the first answer again.
 
-Two short transactions bracket the work. The first takes the key (a unique row, committed ``in_flight``), so a second
-request with that key sees it at once: same body and done, the stored answer is replayed; same body and still in
-flight, 409; another body, 422. The second transaction does the work *and* stores its answer together, so a crash
-leaves either both or neither; an ``in_flight`` row whose request died is taken over after ``STALE_AFTER``.
-Requests refused as bad input store nothing (the key may be used again with a corrected body).
+One transaction takes the key (a unique row), does the work and stores its answer, so a crash leaves either all or
+nothing and a submission costs one commit. A second request with the same key waits on the unique index while the
+first is in flight (PostgreSQL) and then finds its answer: same body, the stored answer is replayed; another body,
+422. A row left ``in_flight`` (written by an older two-transaction version whose request died) is a 409 until
+``STALE_AFTER``, then taken over. Requests refused as bad input store nothing (the key may be used again with a
+corrected body).
 """
 
 from __future__ import annotations
@@ -58,32 +59,26 @@ def validate_key(key: str | None) -> str:
 def idempotent(*, client: ApiClient, key: str, body, work: Callable[[], Answer]) -> Answer:
     """Run ``work`` once per (client, key); see the module docstring for what a repeat gets."""
     digest = request_hash(body)
-    now = timezone.now()
-    record = _take(client, key, digest, now)
-    if isinstance(record, Answer):
-        return record
-    try:
-        with transaction.atomic():
-            answer = work()
-            IdempotencyRecord.objects.filter(pk=record.pk).update(
-                status=IdempotencyStatus.DONE, response_status=answer.status, response_body=answer.body
-            )
-    except BaseException:
-        IdempotencyRecord.objects.filter(pk=record.pk, status=IdempotencyStatus.IN_FLIGHT).delete()
-        raise
+    with transaction.atomic():
+        record = _take(client, key, digest, timezone.now())
+        if isinstance(record, Answer):
+            return record
+        answer = work()
+        IdempotencyRecord.objects.filter(pk=record.pk).update(
+            status=IdempotencyStatus.DONE, response_status=answer.status, response_body=answer.body
+        )
     return answer
 
 
 def _take(client: ApiClient, key: str, digest: str, now) -> IdempotencyRecord | Answer:
     try:
-        with transaction.atomic():
+        with transaction.atomic():  # a savepoint: a duplicate key leaves the outer transaction usable
             return IdempotencyRecord.objects.create(client=client, key=key, request_hash=digest)
     except IntegrityError:
         pass
     existing = IdempotencyRecord.objects.filter(client=client, key=key).first()
-    if existing is None:  # deleted between our insert and our read (the first request failed): try once more
-        with transaction.atomic():
-            return IdempotencyRecord.objects.create(client=client, key=key, request_hash=digest)
+    if existing is None:  # forgotten by the cleanup between our insert and our read
+        raise IdempotencyInFlight("this Idempotency-Key was being released; retry")
     if existing.request_hash != digest:
         raise IdempotencyKeyReused(
             "this Idempotency-Key was already used with a different request body",
@@ -91,7 +86,7 @@ def _take(client: ApiClient, key: str, digest: str, now) -> IdempotencyRecord | 
         )
     if existing.status == IdempotencyStatus.DONE:
         return Answer(existing.response_status, existing.response_body, replayed=True)
-    # The request holding it died before finishing (its work rolled back with it): take it over, once.
+    # Left in flight by a request that died before finishing (its work rolled back with it): take it over, once.
     stale = existing.locked_at < now - STALE_AFTER
     if stale and IdempotencyRecord.objects.filter(pk=existing.pk, locked_at=existing.locked_at).update(locked_at=now):
         return existing
