@@ -4,6 +4,7 @@ import django_filters
 from django.db.models import Q
 
 from audit.models import AuditAction, AuditEvent
+from selfops.filters import UtcIsoDateTimeFilter
 
 
 class AuditEventFilterSet(django_filters.FilterSet):
@@ -12,8 +13,8 @@ class AuditEventFilterSet(django_filters.FilterSet):
     subject_type = django_filters.CharFilter(label="Subject type")
     subject_id = django_filters.CharFilter(label="Subject id")
     case_id = django_filters.NumberFilter(label="Case")
-    occurred_after = django_filters.IsoDateTimeFilter(field_name="occurred_at", lookup_expr="gte", label="From")
-    occurred_before = django_filters.IsoDateTimeFilter(field_name="occurred_at", lookup_expr="lt", label="Until")
+    occurred_after = UtcIsoDateTimeFilter(field_name="occurred_at", lookup_expr="gte", label="From")
+    occurred_before = UtcIsoDateTimeFilter(field_name="occurred_at", lookup_expr="lt", label="Until")
 
     class Meta:
         model = AuditEvent

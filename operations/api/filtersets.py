@@ -5,14 +5,15 @@ import django_filters
 
 from audit.models import AuditEvent
 from operations.models import Case, CaseStatus, Escalation, EscalationStatus
+from selfops.filters import UtcIsoDateTimeFilter
 
 
 class CaseFilterSet(django_filters.FilterSet):
     status = django_filters.ChoiceFilter(choices=CaseStatus.choices)
     workflow = django_filters.CharFilter(field_name="workflow__key", help_text="Workflow key.")
     reference = django_filters.CharFilter(help_text="Your reference (exact).")
-    created_after = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    created_before = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    created_after = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
 
     class Meta:
         model = Case

@@ -264,3 +264,19 @@ def test_two_requests_with_one_key_at_once_create_one_case(intake, claim_generat
 
     assert Case.objects.filter(reference=claim.reference).count() == 1
     assert statuses.count(201) >= 1 and set(statuses) <= {201, 409}
+
+
+def test_a_time_filter_with_any_valid_offset_works_and_an_unrepresentable_one_is_a_400(intake, claim_generator):
+    # given a case submitted now (PostgreSQL takes offsets up to ±15:59 only; Python parses up to ±23:59)
+    intake.submit(claim_generator.claim("straight_through"))
+
+    # when the list is filtered with far offsets (found by schemathesis: this was a 500 on PostgreSQL)
+    past = intake.get("/api/v1/cases/", created_after="2001-06-09T14:57:39.7-21:30")
+    future = intake.get("/api/v1/cases/", created_after="2673-06-09T14:57:39.7+23:30")
+    overflow = intake.get("/api/v1/cases/", created_after="9999-12-31T23:00:00-21:30")
+
+    # then the times are compared in UTC, and one beyond the calendar is a clear 400
+    assert (past.status_code, len(past.json()["results"])) == (200, 1)
+    assert (future.status_code, future.json()["results"]) == (200, [])
+    assert overflow.status_code == 400
+    assert "created_after" in overflow.json()["fields"]

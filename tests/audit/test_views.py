@@ -85,3 +85,13 @@ def test_the_admin_is_read_only_even_for_a_superuser(client):
     )
     assert bulk.status_code in (200, 302)
     assert AuditEvent.objects.filter(pk=event.pk, action=event.action).exists()
+
+
+def test_the_event_browser_takes_any_valid_offset_and_refuses_an_unrepresentable_time(client, auditor):
+    record(3)
+
+    far_offset = client.get("/audit/events/", {"occurred_after": "2001-06-09T14:57:39-21:30"})
+    beyond = client.get("/audit/events/", {"occurred_after": "9999-12-31T23:00:00-21:30"})
+
+    assert far_offset.status_code == 200 and len(far_offset.context["page"].events) == 3
+    assert beyond.status_code in (200, 400) and not beyond.context["page"].events
