@@ -80,24 +80,24 @@ def implementation(row: AgentVersion) -> RegisteredAgent:
     return registered
 
 
-# The versions taking traffic, per agent key, cached for ROUTING_TTL seconds: a step costs one query less, and a
-# rollout change reaches other processes within that time (this process at once: the services clear the cache).
+# The versions taking traffic, of every agent, read in one query and cached for ROUTING_TTL seconds: a step costs no
+# query for it, and a rollout change reaches other processes within that time (this process at once: the services
+# clear the cache).
 ROUTING_TTL = 1.0
-_routing: dict[str, tuple[float, list[AgentVersion]]] = {}
+_routing: dict[str, tuple[float, dict[str, list[AgentVersion]]]] = {}
 
 
 def _taking_traffic(agent_key: str) -> list[AgentVersion]:
     now = time.monotonic()
-    cached = _routing.get(agent_key)
-    if cached is not None and cached[0] > now:
-        return cached[1]
-    rows = list(
-        AgentVersion.objects.filter(
-            agent_key=agent_key, status__in=(AgentVersionStatus.LIVE, AgentVersionStatus.CANARY)
-        ).only("agent_key", "version", "kind", "source", "status", "canary_share")
-    )
-    _routing[agent_key] = (now + ROUTING_TTL, rows)
-    return rows
+    cached = _routing.get("all")
+    if cached is None or cached[0] <= now:
+        by_key: dict[str, list[AgentVersion]] = {}
+        for row in AgentVersion.objects.filter(status__in=(AgentVersionStatus.LIVE, AgentVersionStatus.CANARY)).only(
+            "agent_key", "version", "kind", "source", "status", "canary_share"
+        ):
+            by_key.setdefault(row.agent_key, []).append(row)
+        cached = _routing["all"] = (now + ROUTING_TTL, by_key)
+    return cached[1].get(agent_key, [])
 
 
 _budgets: dict[str, tuple[float, dict | None]] = {}
