@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import statistics
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from unittest import mock
 
 from django.db import connection, transaction
@@ -21,7 +21,16 @@ from django_q.tasks import async_task
 from audit.actors import Actor
 from operations import engine
 from operations.bench.cluster import peak_rss_mb, qcluster, wait_until
-from operations.models import Case, CaseStatus, Escalation, OutboxEntry, OutboxStatus, StepRun, Workflow
+from operations.models import (
+    Case,
+    CaseStatus,
+    Escalation,
+    OutboxEntry,
+    OutboxStatus,
+    StepRun,
+    StepRunStatus,
+    Workflow,
+)
 from operations.packs.claims.data import ClaimGenerator
 from operations.packs.claims.definition import WORKFLOW_KEY
 from operations.packs.claims.install import install, policies_in_db
@@ -80,6 +89,14 @@ class EngineBench:
         return not Case.objects.filter(pk__gte=lo, pk__lte=hi, status=CaseStatus.RUNNING).exists()
 
     @staticmethod
+    def applied_twice(lo: int, hi: int) -> int:
+        """(case, step) pairs decided more than once: must be 0 however many workers and clusters ran."""
+        decided = StepRun.objects.filter(
+            case_id__gte=lo, case_id__lte=hi, status__in=(StepRunStatus.SUCCEEDED, StepRunStatus.ESCALATED)
+        )
+        return decided.values("case_id", "step_id").annotate(n=Count("id")).filter(n__gt=1).count()
+
+    @staticmethod
     def steps_of(lo: int, hi: int) -> int:
         return StepRun.objects.filter(case_id__gte=lo, case_id__lte=hi).count()
 
@@ -131,6 +148,7 @@ class EngineBench:
             "claims_per_s": n / elapsed,
             "steps_per_s": steps / elapsed,
             "statuses": statuses,
+            "steps_applied_twice": self.applied_twice(lo, hi),
             "p50_latency_s": percentile(latencies, 0.5),
             "p95_latency_s": percentile(latencies, 0.95),
             "p99_latency_s": percentile(latencies, 0.99),
@@ -167,7 +185,7 @@ class EngineBench:
 
     # --- the whole run ------------------------------------------------------------------------------------------
 
-    def run(self, *, cases: int, reference_cases: int, noop_tasks: int) -> dict:
+    def run(self, *, cases: int, reference_cases: int, noop_tasks: int, clusters: int = 1) -> dict:
         self.prepare()
         result: dict = {"database": connection.vendor, "workers": self.workers, "seed": self.seed}
         self.say(f"database {connection.vendor}, {self.workers} workers, seed {self.seed}")
@@ -186,6 +204,19 @@ class EngineBench:
             self.say(f"(b) one task per step: {reference_cases} claims …")
             result["one_task_per_step"] = self.naive_run(proc, reference_cases)
             result["worker_peak_rss_mb"] = round(max(peak_rss_mb(proc.pid).values(), default=0), 1)
+
+        if clusters > 1:  # scale-out: the same claims through several clusters at once, as on several machines
+            self.say(f"scale-out: {cases} claims through {clusters} clusters of {self.workers} workers …")
+            with ExitStack() as stack:
+                procs = [stack.enter_context(qcluster(workers=self.workers)) for _ in range(clusters)]
+                wait_until(lambda: not OrmQ.objects.exists(), timeout=120, proc=procs[0])
+                self.noop_rate(procs[0], 50)  # every cluster up and pulling
+                scaled = self.engine_run(procs[0], cases)
+            result["scale_out"] = {
+                "clusters": clusters,
+                **scaled,
+                "ratio_vs_one_cluster": scaled["claims_per_s"] / result["engine"]["claims_per_s"],
+            }
 
         e = result["engine"]
         result.update(

@@ -41,18 +41,21 @@ class Command(BaseCommand):
         )
         parser.add_argument("--noop-tasks", type=int, default=3000)
         parser.add_argument("--workers", type=int, default=2)
+        parser.add_argument(
+            "--clusters", type=int, default=1, help="also run the claims through this many clusters at once (scale-out)"
+        )
         parser.add_argument("--rate", type=float, default=None, help="steady load: claims per second")
         parser.add_argument("--duration", type=float, default=60, help="steady load: seconds")
         parser.add_argument("--seed", type=int, default=None)
         parser.add_argument("--json", action="store_true", dest="as_json", help="print one JSON object last")
 
     def handle(
-        self, *args, target, cases, reference_cases, noop_tasks, workers, rate, duration, seed, as_json, **options
+        self, *args, target, cases, reference_cases, noop_tasks, workers, clusters, rate, duration, seed, as_json, **_
     ):
         if target in DELEGATES:  # reached through call_command (the command line goes through run_from_argv)
             return call_command(DELEGATES[target], stdout=self.stdout)
-        if cases < 1 or workers < 1 or noop_tasks < 1:
-            raise CommandError("--cases, --workers and --noop-tasks must be at least 1")
+        if cases < 1 or workers < 1 or noop_tasks < 1 or clusters < 1:
+            raise CommandError("--cases, --workers, --clusters and --noop-tasks must be at least 1")
         bench = EngineBench(out=self.stdout.write, workers=workers, seed=seed)
         if rate is not None:
             if rate <= 0 or duration <= 0:
@@ -65,7 +68,12 @@ class Command(BaseCommand):
                 f"p99 {_fmt(result['p99_latency_s'], ' s', 3)}"
             )
         else:
-            result = bench.run(cases=cases, reference_cases=reference_cases or min(cases, 1000), noop_tasks=noop_tasks)
+            result = bench.run(
+                cases=cases,
+                reference_cases=reference_cases or min(cases, 1000),
+                noop_tasks=noop_tasks,
+                clusters=clusters,
+            )
             e, a, b = result["engine"], result["in_process"], result["one_task_per_step"]
             self.stdout.write("")
             self.stdout.write(
@@ -81,7 +89,7 @@ class Command(BaseCommand):
                 f"  queries per automatic step {result['queries_per_step']:.1f} · "
                 f"worker peak RSS {result['worker_peak_rss_mb']:.0f} MB"
             )
-            self.stdout.write(f"  outcomes {e['statuses']}")
+            self.stdout.write(f"  outcomes {e['statuses']} · steps applied twice: {e['steps_applied_twice']}")
             self.stdout.write("references (same run):")
             self.stdout.write(
                 f"  (a) in-process, no queue: {a['claims_per_s']:.1f} claims/s "
@@ -95,5 +103,12 @@ class Command(BaseCommand):
                 f"  (c) bare django-q2 no-op: {result['noop_tasks_per_s']:.1f} tasks/s — engine "
                 f"steps/s at {result['steps_per_s_vs_noop_tasks_per_s']:.2f}× of it"
             )
+            if scaled := result.get("scale_out"):
+                self.stdout.write(
+                    f"scale-out (same run): {scaled['clusters']} clusters × {workers} workers: "
+                    f"{scaled['claims_per_s']:.1f} claims/s ({scaled['steps_per_s']:.1f} steps/s) — "
+                    f"{scaled['ratio_vs_one_cluster']:.2f}× one cluster; steps applied twice: "
+                    f"{scaled['steps_applied_twice']}"
+                )
         if as_json:
             self.stdout.write(json.dumps(result, default=str, sort_keys=True))
