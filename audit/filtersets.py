@@ -1,4 +1,4 @@
-"""Filtering audit events: one FilterSet for the auditor's page (and the API later)."""
+"""Filtering audit events: one FilterSet for the auditor's page and the API."""
 
 import django_filters
 from django.db.models import Q

@@ -11,6 +11,7 @@ from django.utils import timezone
 
 from operations.models import Case, CaseStatus, Escalation, EscalationStatus
 from operations.selectors import SLA_AMBER_SECONDS, SLA_RED_SECONDS
+from selfops.filters import UtcIsoDateTimeFilter
 
 SLA_STATES = [("ok", "On time"), ("amber", "Due within 4 h"), ("red", "Due within 1 h"), ("breached", "Breached")]
 PRIORITIES = [("1", "High"), ("2", "Normal"), ("3", "Low")]
@@ -25,9 +26,12 @@ ESCALATION_VIEWS = [
 
 class EscalationFilterSet(django_filters.FilterSet):
     """The escalation queue's filters: which queue, why, how urgent, which workflow, how much, the SLA state and who
-    holds it. ``request`` (for "claimed by me") is optional so that scripts can use it too."""
+    holds it. ``request`` (for "claimed by me") is optional so that scripts can use it too. Without ``view`` or
+    ``status`` only open escalations are listed (portal and API alike)."""
 
     view = django_filters.ChoiceFilter(choices=ESCALATION_VIEWS, method="filter_view", empty_label="Open")
+    status = django_filters.ChoiceFilter(choices=EscalationStatus.choices, empty_label="Any status")
+    case = django_filters.NumberFilter(field_name="case_id", help_text="Case id.")
     queue = django_filters.CharFilter(field_name="queue")
     reason = django_filters.CharFilter(field_name="reason")
     priority = django_filters.ChoiceFilter(choices=PRIORITIES, empty_label="Any priority")
@@ -43,12 +47,24 @@ class EscalationFilterSet(django_filters.FilterSet):
 
     class Meta:
         model = Escalation
-        fields = ["view", "queue", "reason", "priority", "workflow", "amount_min", "amount_max", "sla", "claimed"]
+        fields = [
+            "view",
+            "status",
+            "case",
+            "queue",
+            "reason",
+            "priority",
+            "workflow",
+            "amount_min",
+            "amount_max",
+            "sla",
+            "claimed",
+        ]
 
     @property
     def qs(self):
         qs = super().qs
-        if not self.form.cleaned_data.get("view"):
+        if not self.form.cleaned_data.get("view") and not self.form.cleaned_data.get("status"):
             qs = qs.filter(status=EscalationStatus.OPEN)
         return qs
 
@@ -82,16 +98,19 @@ class EscalationFilterSet(django_filters.FilterSet):
 
 
 class CaseFilterSet(django_filters.FilterSet):
-    """Case search: reference prefix (as typed or upper case), status, workflow key, submission date range."""
+    """Case search: reference prefix (as typed or upper case), status, workflow key, submission date range (the
+    portal's date pickers) or times (the API's ISO 8601 bounds)."""
 
-    reference = django_filters.CharFilter(method="filter_reference")
+    reference = django_filters.CharFilter(method="filter_reference", help_text="The reference, or its beginning.")
     status = django_filters.ChoiceFilter(choices=CaseStatus.choices, empty_label="Any status")
-    workflow = django_filters.CharFilter(field_name="workflow__key")
+    workflow = django_filters.CharFilter(field_name="workflow__key", help_text="Workflow key.")
     submitted = django_filters.DateFromToRangeFilter(field_name="created_at")
+    created_after = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = UtcIsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
 
     class Meta:
         model = Case
-        fields = ["reference", "status", "workflow", "submitted"]
+        fields = ["reference", "status", "workflow", "submitted", "created_after", "created_before"]
 
     def filter_reference(self, queryset, name, value):
         # a case-sensitive prefix uses the reference index; references are usually upper case, so try both spellings

@@ -19,6 +19,7 @@ from rest_framework.response import Response
 
 from audit.context import correlation
 from audit.dossier import case_dossier
+from audit.filtersets import AuditEventFilterSet
 from audit.models import AuditEvent
 from audit.verification import verify_status
 from governance.models import AgentPolicy, StopSwitch
@@ -26,10 +27,10 @@ from governance.services import stop_engage, stop_release
 from operations.api import serializers as s
 from operations.api.auth import principal
 from operations.api.errors import error_responses
-from operations.api.filtersets import AuditEventFilterSet, CaseFilterSet, EscalationFilterSet
 from operations.api.idempotency import Answer, idempotent, validate_key
 from operations.api.metrics import metrics_summary, prometheus_registry
 from operations.api.webhooks import webhook_redeliver, webhook_subscription_create, webhook_subscription_delete
+from operations.filtersets import CaseFilterSet, EscalationFilterSet
 from operations.models import ApiScope, Case, Escalation, StepRun, WebhookDelivery, WebhookSubscription
 from operations.selectors import case_timeline
 from operations.services import case_cancel, case_submit, escalation_claim, escalation_resolve

@@ -24,6 +24,23 @@ def test_list_is_filtered_by_status_and_reason(intake, claim_generator):
     assert open_[0]["case_reference"] == escalation.case.reference and open_[0]["amount"] == str(escalation.amount)
 
 
+def test_the_api_filters_escalations_as_the_portal_queue_does(intake, claim_generator):
+    # given an open escalation (the API and the portal share one FilterSet per model)
+    escalation = escalated_via(intake, claim_generator)
+
+    # when filtering by the queue's filters: amount, SLA state, case, unclaimed
+    above = intake.get("/api/v1/escalations/", amount_min=str(escalation.amount + 1)).json()["results"]
+    within = intake.get("/api/v1/escalations/", amount_max=str(escalation.amount), claimed="unclaimed").json()
+    of_case = intake.get("/api/v1/escalations/", case=escalation.case_id).json()["results"]
+    resolved = intake.get("/api/v1/escalations/", view="resolved").json()["results"]
+    bad = intake.get("/api/v1/escalations/", sla="purple")
+
+    # then
+    assert above == [] and resolved == []
+    assert [e["id"] for e in within["results"]] == [escalation.pk] == [e["id"] for e in of_case]
+    assert bad.status_code == 400
+
+
 def test_claim_then_a_colleague_claiming_gets_409(intake, make_caller, claim_generator):
     escalation = escalated_via(intake, claim_generator)
     colleague = make_caller("colleague")

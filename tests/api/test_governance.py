@@ -46,7 +46,7 @@ def test_audit_events_by_subject(intake, claim_generator):
     events = intake.get(
         "/api/v1/audit/events/", subject_type="operations.escalation", subject_id=str(escalation.pk)
     ).json()["results"]
-    of_case = intake.get("/api/v1/audit/events/", case=escalation.case_id).json()["results"]
+    of_case = intake.get("/api/v1/audit/events/", case_id=escalation.case_id).json()["results"]
 
     assert [e["action"] for e in events] == ["escalation.opened"]
     assert {"case.submitted", "escalation.opened"} <= {e["action"] for e in of_case}
