@@ -87,14 +87,21 @@ class EscalationFilterSet(django_filters.FilterSet):
         }[value]
 
     def filter_claimed(self, queryset, name, value):
-        user = getattr(self.request, "user", None)
+        # "me" is a portal user or, through the API with a key, the API client (request.auth)
+        unclaimed = Q(claimed_by__isnull=True, claimed_by_client__isnull=True)
         if value == "unclaimed":
-            return queryset.filter(claimed_by__isnull=True)
-        if user is None or not user.is_authenticated:
+            return queryset.filter(unclaimed)
+        client = (
+            getattr(self.request, "auth", None) if hasattr(getattr(self.request, "auth", None), "key_prefix") else None
+        )
+        user = getattr(self.request, "user", None)
+        if client is not None:
+            mine = Q(claimed_by_client=client)
+        elif user is not None and user.is_authenticated and user.pk is not None:
+            mine = Q(claimed_by=user)
+        else:
             return queryset.none()
-        if value == "me":
-            return queryset.filter(claimed_by=user)
-        return queryset.filter(claimed_by__isnull=False).exclude(claimed_by=user)
+        return queryset.filter(mine) if value == "me" else queryset.exclude(unclaimed).exclude(mine)
 
 
 class CaseFilterSet(django_filters.FilterSet):

@@ -34,9 +34,14 @@ def test_the_api_filters_escalations_as_the_portal_queue_does(intake, claim_gene
     of_case = intake.get("/api/v1/escalations/", case=escalation.case_id).json()["results"]
     resolved = intake.get("/api/v1/escalations/", view="resolved").json()["results"]
     bad = intake.get("/api/v1/escalations/", sla="purple")
+    mine_before = intake.get("/api/v1/escalations/", claimed="me").json()["results"]
+    intake.post(f"/api/v1/escalations/{escalation.pk}/claim/")
+    mine_after = intake.get("/api/v1/escalations/", claimed="me").json()["results"]
+    unclaimed_after = intake.get("/api/v1/escalations/", claimed="unclaimed").json()["results"]
 
     # then
-    assert above == [] and resolved == []
+    assert above == [] and resolved == [] and mine_before == [] and unclaimed_after == []
+    assert [e["id"] for e in mine_after] == [escalation.pk]
     assert [e["id"] for e in within["results"]] == [escalation.pk] == [e["id"] for e in of_case]
     assert bad.status_code == 400
 
