@@ -43,6 +43,7 @@ from operations.services import (
 )
 
 PAGE_SIZE = 50
+COUNT_LIMIT = 10_000  # lists count exactly up to here, then show "10,000+"
 EXPORT_LIMIT = 100_000
 
 
@@ -59,14 +60,17 @@ def acting_required(view):
 
 
 def _page(request, qs, size: int | None = None):
-    """Offset pages without a full count (a count over 100k rows costs more than the page): fetch one row more to
-    know whether a next page exists."""
+    """Offset pages with a bounded count: exact up to COUNT_LIMIT rows, then "10,000+" (an exact count over 100k
+    open escalations or a million cases costs more than the page; counting the first 10,001 rows of the same index
+    range does not)."""
     size = size or PAGE_SIZE
     try:
         number = max(1, int(request.GET.get("page", 1)))
     except ValueError:
         number = 1
     rows = list(qs[(number - 1) * size : number * size + 1])
+    total = qs.order_by()[: COUNT_LIMIT + 1].count()
+    exact = total <= COUNT_LIMIT
     query = request.GET.copy()
     query.pop("page", None)
     return {
@@ -75,6 +79,11 @@ def _page(request, qs, size: int | None = None):
         "has_next": len(rows) > size,
         "has_previous": number > 1,
         "query": query.urlencode(),
+        "count": min(total, COUNT_LIMIT),
+        "count_exact": exact,
+        "pages": -(-total // size) if exact else None,
+        "first": (number - 1) * size + 1 if rows else 0,
+        "last": (number - 1) * size + len(rows[:size]),
     }
 
 
