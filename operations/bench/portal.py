@@ -56,12 +56,17 @@ def bench_users():
     from django.contrib.auth.models import Group
 
     from operations.packs.claims.definition import HANDLERS, SIU
-    from operations.roles import SENIOR_SUPERVISOR, SUPERVISOR
+    from operations.roles import AUDITOR, SENIOR_SUPERVISOR, SUPERVISOR
     from operations.services import ensure_roles
 
     ensure_roles()
     users = {}
-    for username, groups in (("bench-senior", (SENIOR_SUPERVISOR, HANDLERS, SIU)), ("bench-siu", (SUPERVISOR, SIU))):
+    people = {
+        "bench-senior": (SENIOR_SUPERVISOR, HANDLERS, SIU),
+        "bench-siu": (SUPERVISOR, SIU),
+        "bench-auditor": (AUDITOR,),
+    }
+    for username, groups in people.items():
         user, _ = get_user_model().objects.get_or_create(username=username)
         user.groups.add(*[Group.objects.get_or_create(name=n)[0] for n in groups])
         users[username] = user
@@ -105,6 +110,7 @@ def pages(rng: random.Random) -> dict[str, tuple[str, str, Callable[[], str]]]:
             lambda: (cache.delete("portal:dashboard"), reverse("portal:dashboard"))[1],
         ),
         "dashboard (10 s cache)": (senior, "get", lambda: reverse("portal:dashboard")),
+        "audit status panel": ("bench-auditor", "get", lambda: reverse("audit:status")),
     }
 
 
