@@ -31,6 +31,7 @@ class PageResult:
     name: str
     times_ms: list[float]
     queries: int
+    sql_ms: float = 0.0  # database time of the captured (warm) request
     scans: list[dict] = field(default_factory=list)
     explained: bool = False
 
@@ -146,7 +147,8 @@ def time_pages(
                 times.append((time.perf_counter() - t0) * 1000)
                 if response.status_code not in (200, 302):
                     raise RuntimeError(f"{name}: HTTP {response.status_code}")
-            result = PageResult(name, times, len(queries), budget_ms=budget_ms)
+            sql_ms = sum(float(q["time"]) for q in queries) * 1000
+            result = PageResult(name, times, len(queries), sql_ms=sql_ms, budget_ms=budget_ms)
             if explain:
                 result.scans = check_queries(queries, strict=strict)
                 result.explained = True
@@ -156,14 +158,18 @@ def time_pages(
 
 
 def table(results: list[PageResult]) -> list[str]:
-    lines = [f"{'page':<28} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} {'queries':>8}  {'EXPLAIN':<10} verdict"]
+    header = (
+        f"{'page':<28} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8} {'queries':>8} {'sql ms':>7}  {'EXPLAIN':<10} verdict"
+    )
+    lines = [header]
     for r in results:
         plan = ("seq scan" if r.scans else "indexes") if r.explained else "n/a"
         verdict = "PASS" if r.ok else "FAIL"
         if r.p95 > r.budget_ms:
             verdict += f" (p95 over {r.budget_ms:.0f} ms)"
         lines.append(
-            f"{r.name:<28} {r.p50:>8.1f} {r.p95:>8.1f} {max(r.times_ms):>8.1f} {r.queries:>8}  {plan:<10} {verdict}"
+            f"{r.name:<28} {r.p50:>8.1f} {r.p95:>8.1f} {max(r.times_ms):>8.1f} {r.queries:>8} {r.sql_ms:>7.1f}  "
+            f"{plan:<10} {verdict}"
         )
         for scan in r.scans:
             lines.append(f"    Seq Scan on {', '.join(scan['tables'])}: {scan['sql'][:300]}")

@@ -2,6 +2,8 @@
 inserts), then time the portal's pages and check on PostgreSQL that their queries use indexes. Exits non-zero when a
 page is over 300 ms p95 or scans a big table sequentially."""
 
+import os
+
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection
 
@@ -49,9 +51,14 @@ class Command(BaseCommand):
         loaded = Case.objects.count() if connection.vendor != "postgresql" else _estimate(Case)
         explain = connection.vendor == "postgresql"
         strict = loaded < STRICT_EXPLAIN_BELOW
+        load_before = os.getloadavg()[0]
         out(f"timing {runs} runs per page against ~{loaded:,} cases")
         results = time_pages(runs=runs, explain=explain, strict=strict, out=out, budget_ms=p95_budget)
         out("")
+        out(
+            f"machine load average {load_before:.1f} before timing, {os.getloadavg()[0]:.1f} after "
+            f"({os.cpu_count()} cores); sql ms: the database's share of one warm request"
+        )
         for line in table(results):
             out(line)
         if explain:
