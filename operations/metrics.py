@@ -413,7 +413,7 @@ def workflow_map() -> list[dict]:
     for step_id, status, reason, n in (
         Case.objects.filter(status__in=[CaseStatus.RUNNING, CaseStatus.WAITING])
         .values_list("current_step_id", "status", "wait_reason")
-        .annotate(n=Count("id"))
+        .annotate(n=Count("*"))  # not count(id): the partial index of open cases answers it alone
         .order_by()
     ):
         if step_id is None:
@@ -448,7 +448,7 @@ def queue_depths(escalations) -> list[dict]:
         {"queue": q, "open": n, "unclaimed": u}
         for q, n, u in escalations.filter(status=EscalationStatus.OPEN)
         .values_list("queue")
-        .annotate(n=Count("id"), u=Count("id", filter=Q(claimed_by__isnull=True)))
+        .annotate(n=Count("*"), u=Count("*", filter=Q(claimed_by__isnull=True)))  # index-only: (queue, claimed_by)
         .order_by("queue")
     ]
 
