@@ -172,3 +172,21 @@ def test_the_rollup_gives_the_figures_of_a_direct_computation_also_after_days_ro
     seconds = sorted((f - c).total_seconds() for c, f in completed.values_list("created_at", "finished_at"))
     exact = seconds[len(seconds) // 2]
     assert exact / 1.26 <= at_last["cycle"]["p50"] <= exact * 1.26
+
+
+def test_a_schedule_stores_the_closed_periods_and_forgets_hours_of_closed_days():
+    from django_q.models import Schedule
+
+    from operations import tasks
+    from operations.models import DashboardRollup
+
+    # given an hour row of a day long closed (as left by an earlier day's dashboard)
+    old_hour = metrics._midnight(timezone.now()) - 3 * metrics.DAY
+    DashboardRollup.objects.create(period=DashboardRollup.HOUR, start=old_hour, parts={"in": 1})
+
+    tasks.dashboard_rollup()
+
+    # then the closed days (29, or 28 in the first minutes after midnight) are stored, the stale hour is gone, and migrate installed the schedule
+    assert Schedule.objects.filter(func="operations.tasks.dashboard_rollup").exists()
+    assert DashboardRollup.objects.filter(period=DashboardRollup.DAY).count() >= 28
+    assert not DashboardRollup.objects.filter(period=DashboardRollup.HOUR, start=old_hour).exists()
