@@ -186,7 +186,8 @@ def test_a_schedule_stores_the_closed_periods_and_forgets_hours_of_closed_days()
 
     tasks.dashboard_rollup()
 
-    # then the closed days (29, or 28 in the first minutes after midnight) are stored, the stale hour is gone, and migrate installed the schedule
+    # then the closed days are stored (28 in the first minutes after midnight), the stale hour is gone,
+    # and migrate installed the schedule
     assert Schedule.objects.filter(func="operations.tasks.dashboard_rollup").exists()
     assert DashboardRollup.objects.filter(period=DashboardRollup.DAY).count() >= 28
     assert not DashboardRollup.objects.filter(period=DashboardRollup.HOUR, start=old_hour).exists()
