@@ -448,7 +448,7 @@ def queue_depths(escalations) -> list[dict]:
         {"queue": q, "open": n, "unclaimed": u}
         for q, n, u in escalations.filter(status=EscalationStatus.OPEN)
         .values_list("queue")
-        .annotate(n=Count("*"), u=Count("*", filter=Q(claimed_by__isnull=True)))  # index-only: (queue, claimed_by)
+        .annotate(n=Count("*"), u=Count("queue", filter=Q(claimed_by__isnull=True)))  # index-only: (queue, claimed_by)
         .order_by("queue")
     ]
 
