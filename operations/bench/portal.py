@@ -89,6 +89,7 @@ def pages(rng: random.Random) -> dict[str, tuple[str, str, Callable[[], str]]]:
     queue, cases = reverse("portal:escalations"), reverse("portal:cases")
     senior, siu = "bench-senior", "bench-siu"
     return {
+        "home": (senior, "get", lambda: reverse("portal:home")),
         "queue": (senior, "get", lambda: queue),
         "queue (one-queue user)": (siu, "get", lambda: queue),
         "queue page 20": (senior, "get", lambda: f"{queue}?page=20"),

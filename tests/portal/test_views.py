@@ -182,6 +182,9 @@ def test_queue_pages_with_a_bounded_count(client, people, claim_generator, monke
     assert (bounded.context["page"]["count"], bounded.context["page"]["count_exact"]) == (3, False)
     assert bounded.context["page"]["pages"] is None and bounded.context["page"]["has_next"]
     assert "3–4 of 3+ · page 2<" in bounded.content.decode() and "Last »" not in bounded.content.decode()
+    home = client.get(reverse("portal:home")).context
+    assert (home["open_escalations"], home["open_escalations_bounded"]) == (3, True)
+    assert dict((s, (n, b)) for s, _, n, b in home["by_status"])["waiting"] == (3, True)
 
 
 def test_bulk_reassign_from_the_queue(client, people, claim_generator):
