@@ -33,13 +33,17 @@ DAY = 86400
 HISTORY_DAYS = 60
 OPEN_DAYS = 7  # open escalations were raised over the last week
 REASONS = ["max_amount", "min_confidence", "rule", "agent_error", "fraud_signals"]
+PRIME = 2147483647  # 2^31 - 1
 CHUNK = 250_000  # rows per statement: the loader prints its rate per chunk
 BULK_MODE_FROM = 50_000  # cases: smaller loads keep every index and check (tests load inside their transaction)
 
 
 def h(index_sql: str, salt: int, modulo: int) -> str:
-    """A portable integer hash of a row number, in [0, modulo): the same value on PostgreSQL and SQLite."""
-    return f"((({index_sql}) * 2654435761 + {salt * 40503 + 17}) %% 4294967291 %% {modulo})"
+    """A portable integer hash of a row number, in [0, modulo): the same value on PostgreSQL and SQLite. Squared modulo
+    a prime so that different salts give independent values (an affine hash would correlate them); every product
+    stays below 2^63 (the multiplier above 2^31 makes PostgreSQL compute in bigint)."""
+    x = f"(((({index_sql}) + {salt * 1000003 + 17}) * 2654435761) %% {PRIME})"
+    return f"(({x} * {x}) %% {PRIME} %% {modulo})"
 
 
 def clamp(seconds_sql: str) -> str:
