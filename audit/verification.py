@@ -154,6 +154,7 @@ class VerifyStatus:
     head_hash: str
     unsealed_backlog: int
     last_run: VerificationRun | None
+    unsealed_backlog_exact: bool = True  # False: the backlog is at least unsealed_backlog (a bounded count)
 
     def as_dict(self) -> dict:
         run = self.last_run
@@ -161,6 +162,7 @@ class VerifyStatus:
             "sealed_up_to": self.sealed_up_to,
             "head_hash": self.head_hash if self.sealed_up_to else "",
             "unsealed_backlog": self.unsealed_backlog,
+            "unsealed_backlog_exact": self.unsealed_backlog_exact,
             "last_verification": None
             if run is None
             else {
@@ -177,12 +179,18 @@ class VerifyStatus:
 def verify_status() -> VerifyStatus:
     """The chain at a glance, for the portal panel and the API: sealed up to, head hash, backlog, last verification."""
     head_seq, head_hash = chain_head()
+    # counted up to a bound: ten million unsealed events (a bulk load, a stopped sealer) must not slow the panel
+    backlog = AuditEvent.objects.filter(seal_seq__isnull=True).order_by()[: BACKLOG_COUNT_LIMIT + 1].count()
     return VerifyStatus(
         sealed_up_to=head_seq,
         head_hash=head_hash if head_seq else "",
-        unsealed_backlog=AuditEvent.objects.filter(seal_seq__isnull=True).count(),
+        unsealed_backlog=min(backlog, BACKLOG_COUNT_LIMIT),
         last_run=VerificationRun.objects.order_by("-id").first(),
+        unsealed_backlog_exact=backlog <= BACKLOG_COUNT_LIMIT,
     )
+
+
+BACKLOG_COUNT_LIMIT = 100_000
 
 
 def verify_digest(digest: dict, *, record: bool = True) -> VerifyResult:

@@ -160,6 +160,12 @@ class Case(models.Model):
             models.Index(fields=["finished_at"], name="case_finished_idx"),  # portal dashboard: cases out
             # portal case search by reference prefix (the pattern opclass lets PostgreSQL use it for LIKE 'x%')
             models.Index(fields=["reference"], name="case_reference_prefix_idx", opclasses=["varchar_pattern_ops"]),
+            # portal dashboard: the workflow map counts open cases per step (an index-only scan of the open ones)
+            models.Index(
+                fields=["current_step", "status", "wait_reason"],
+                condition=Q(status__in=["running", "waiting"]),
+                name="case_open_step_idx",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -296,6 +302,15 @@ class Escalation(models.Model):
             ),
             models.Index(fields=["case"], condition=Q(retry_pending=True), name="escalation_retry_pending_idx"),
             models.Index(fields=["step", "reason", "amount"], name="escalation_similar_idx"),
+            # portal dashboard: queue depths, and the periods it aggregates (raised, resolved, breached)
+            models.Index(fields=["queue", "claimed_by"], condition=Q(status="open"), name="escalation_open_queue_idx"),
+            models.Index(fields=["created_at"], name="escalation_created_idx"),
+            models.Index(
+                fields=["resolved_at"], condition=Q(resolved_at__isnull=False), name="escalation_resolved_idx"
+            ),
+            models.Index(
+                fields=["sla_breached_at"], condition=Q(sla_breached_at__isnull=False), name="escalation_breached_idx"
+            ),
         ]
         ordering = ["sla_deadline", "id"]
 
@@ -647,3 +662,23 @@ class LLMEndpoint(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model or '(model from environment)'} at {self.base_url or '(URL from environment)'}"
+
+
+class DashboardRollup(models.Model):
+    """The dashboard's aggregates of one closed hour (of today) or day: counts, sums and fixed histograms that add up
+    across periods (``operations.metrics.period_parts``). Written once per period by a schedule or on demand, so a
+    dashboard request sums at most 30 stored days and today's hours instead of scanning a month of cases."""
+
+    HOUR, DAY = "hour", "day"
+
+    period = models.CharField(max_length=4, choices=[(HOUR, "Hour"), (DAY, "Day")])
+    start = models.DateTimeField()
+    parts = models.JSONField(default=dict, encoder=DjangoJSONEncoder)
+    computed_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["period", "start"], name="dashboard_rollup_period_unique")]
+        indexes = [models.Index(fields=["start"], name="dashboard_rollup_start_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.period} {self.start:%Y-%m-%d %H:%M}"

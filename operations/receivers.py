@@ -9,6 +9,7 @@ SCHEDULES = [
     ("selfops: escalation SLA breaches", "operations.tasks.check_slas", 1),
     ("selfops: retry due webhook deliveries", "operations.api.tasks.deliver_due_webhooks", 1),
     ("selfops: forget idempotency keys older than 48 h", "operations.api.tasks.idempotency_cleanup", 60),
+    ("selfops: dashboard rollup of closed hours and days", "operations.tasks.dashboard_rollup", 5),
 ]
 
 

@@ -22,3 +22,9 @@ def sweep() -> int:
 def check_slas() -> dict:
     with correlation("sla-check"):
         return services.escalations_sla_check()
+
+
+def dashboard_rollup() -> dict:
+    from operations import metrics
+
+    return metrics.rollup_closed_periods()

@@ -12,7 +12,6 @@ from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import Group
 from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count
 from django.http import Http404, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -43,6 +42,7 @@ from operations.services import (
 )
 
 PAGE_SIZE = 50
+COUNT_LIMIT = 10_000  # lists count exactly up to here, then show "10,000+"
 EXPORT_LIMIT = 100_000
 
 
@@ -59,14 +59,17 @@ def acting_required(view):
 
 
 def _page(request, qs, size: int | None = None):
-    """Offset pages without a full count (a count over 100k rows costs more than the page): fetch one row more to
-    know whether a next page exists."""
+    """Offset pages with a bounded count: exact up to COUNT_LIMIT rows, then "10,000+" (an exact count over 100k
+    open escalations or a million cases costs more than the page; counting the first 10,001 rows of the same index
+    range does not)."""
     size = size or PAGE_SIZE
     try:
         number = max(1, int(request.GET.get("page", 1)))
     except ValueError:
         number = 1
     rows = list(qs[(number - 1) * size : number * size + 1])
+    total = _bounded_count(qs)
+    exact = total <= COUNT_LIMIT
     query = request.GET.copy()
     query.pop("page", None)
     return {
@@ -75,6 +78,11 @@ def _page(request, qs, size: int | None = None):
         "has_next": len(rows) > size,
         "has_previous": number > 1,
         "query": query.urlencode(),
+        "count": min(total, COUNT_LIMIT),
+        "count_exact": exact,
+        "pages": -(-total // size) if exact else None,
+        "first": (number - 1) * size + 1 if rows else 0,
+        "last": (number - 1) * size + len(rows[:size]),
     }
 
 
@@ -101,17 +109,28 @@ def _reasons() -> list[str]:
     return reasons
 
 
+def _bounded_count(qs) -> int:
+    """An exact count up to COUNT_LIMIT, COUNT_LIMIT + 1 beyond (shown as "10,000+")."""
+    return qs.order_by()[: COUNT_LIMIT + 1].count()
+
+
 @login_required
 def home(request):
-    by_status = dict(cases_for(request.user).values_list("status").annotate(n=Count("id")).order_by())
+    # one bounded count per status: each reads at most 10,001 entries of the (status, updated_at) index, where a
+    # GROUP BY over a million cases would read them all
+    cases = cases_for(request.user).select_related(None)
+    by_status = [(s, label, _bounded_count(cases.filter(status=s))) for s, label in CaseStatus.choices]
     open_escalations = escalations_for(request.user).filter(status=EscalationStatus.OPEN)
+    open_count = _bounded_count(open_escalations)
     return render(
         request,
         "operations/home.html",
         {
-            "by_status": [(s, label, by_status.get(s, 0)) for s, label in CaseStatus.choices],
-            "total": sum(by_status.values()),
-            "open_escalations": open_escalations.count(),
+            "by_status": [(s, label, min(n, COUNT_LIMIT), n > COUNT_LIMIT) for s, label, n in by_status],
+            "total": min(sum(n for _, _, n in by_status), COUNT_LIMIT * len(by_status)),
+            "total_bounded": any(n > COUNT_LIMIT for _, _, n in by_status),
+            "open_escalations": min(open_count, COUNT_LIMIT),
+            "open_escalations_bounded": open_count > COUNT_LIMIT,
             "escalations": _annotate_sla(list(open_escalations.order_by("sla_deadline", "id")[:10])),
             "recent": cases_for(request.user).order_by("-id")[:15],
         },

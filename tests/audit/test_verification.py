@@ -85,6 +85,7 @@ def test_verify_status_reports_head_backlog_and_last_run(sealed_chain):
     record(2)
     status = verify_status()
     assert status.sealed_up_to == 10 and status.unsealed_backlog == 2 and status.last_run is None
+    assert status.unsealed_backlog_exact
     assert status.head_hash == AuditEvent.objects.get(seal_seq=10).hash
 
     # when verified, then the status carries the run
@@ -95,3 +96,15 @@ def test_verify_status_reports_head_backlog_and_last_run(sealed_chain):
 
 def test_an_empty_chain_verifies():
     assert verify().ok and verify_status().sealed_up_to is None
+
+
+def test_verify_status_counts_the_backlog_only_up_to_a_bound(sealed_chain, monkeypatch):
+    from audit import verification
+
+    # given three unsealed events and a bound of two (ten million unsealed events must not slow the panel)
+    record(3)
+    monkeypatch.setattr(verification, "BACKLOG_COUNT_LIMIT", 2)
+
+    status = verify_status().as_dict()
+
+    assert (status["unsealed_backlog"], status["unsealed_backlog_exact"]) == (2, False)

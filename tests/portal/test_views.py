@@ -154,16 +154,37 @@ def test_queue_filters_and_htmx_partial(client, people, claim_generator):
     assert b"<html" not in partial.content and b"sla-breached" in partial.content
 
 
-def test_queue_pages_without_a_count(client, people, claim_generator, monkeypatch):
+def test_queue_pages_with_a_bounded_count(client, people, claim_generator, monkeypatch):
     from operations import views
 
     monkeypatch.setattr(views, "PAGE_SIZE", 2)
-    items = [escalate(claim_generator, amount=Decimal("100")) for _ in range(3)]
+    items = [escalate(claim_generator, amount=Decimal("100")) for _ in range(5)]
+    escalate(claim_generator, queue=SIU)  # another queue's: neither listed nor counted for the handler
     client.force_login(people["handler"])
+
     first = client.get(reverse("portal:escalations"))
-    second = client.get(reverse("portal:escalations"), {"page": 2})
-    assert first.context["page"]["has_next"] and not second.context["page"]["has_next"]
-    assert {e.pk for e in first.context["escalations"] + second.context["escalations"]} == {e.pk for e in items}
+    last = client.get(reverse("portal:escalations"), {"page": 3})
+
+    # then the count is exact below the bound, with the page range and the number of pages
+    assert first.context["page"]["has_next"] and not last.context["page"]["has_next"]
+    assert {e.pk for e in first.context["escalations"] + last.context["escalations"]} <= {e.pk for e in items}
+    assert (first.context["page"]["count"], first.context["page"]["count_exact"], first.context["page"]["pages"]) == (
+        5,
+        True,
+        3,
+    )
+    assert "1–2 of 5 · page 1 of 3" in first.content.decode()
+    assert "5–5 of 5 · page 3 of 3" in last.content.decode()
+
+    # and past the bound it stops counting: "3+", no last page
+    monkeypatch.setattr(views, "COUNT_LIMIT", 3)
+    bounded = client.get(reverse("portal:escalations"), {"page": 2})
+    assert (bounded.context["page"]["count"], bounded.context["page"]["count_exact"]) == (3, False)
+    assert bounded.context["page"]["pages"] is None and bounded.context["page"]["has_next"]
+    assert "3–4 of 3+ · page 2<" in bounded.content.decode() and "Last »" not in bounded.content.decode()
+    home = client.get(reverse("portal:home")).context
+    assert (home["open_escalations"], home["open_escalations_bounded"]) == (3, True)
+    assert dict((s, (n, b)) for s, _, n, b in home["by_status"])["waiting"] == (3, True)
 
 
 def test_bulk_reassign_from_the_queue(client, people, claim_generator):
