@@ -68,6 +68,23 @@ def export_range(*, from_seq: int, to_seq: int, out: str | Path) -> int:
     return written
 
 
+def archive_tail(path: str | Path) -> tuple[int, str]:
+    """Where the database's chain continues after an archive: (the sequence number after its range, its last hash,
+    as its signed closing digest states). Verify the archive first (``verify_archive``)."""
+    from audit.digests import check_signature
+
+    with Path(path).open(encoding="utf-8") as f:
+        first, last = None, None
+        for line in f:
+            if line.strip():
+                first, last = first or line, line
+    header, digest = json.loads(first or "{}"), json.loads(last or "{}")
+    if header.get("type") != "header" or digest.get("type") != "digest":
+        raise ArchiveError(f"{path} is not an archive (a header line, events, a closing digest)")
+    check_signature(digest)
+    return int(header["to_seq"]) + 1, digest["hash"]
+
+
 def verify_archive(path: str | Path) -> VerifyResult:
     """Verify an exported range on its own: consecutive, every hash recomputed, and the closing digest's signature
     and hash (raises ``ArchiveError`` for a malformed file, ``DigestError`` for a bad signature)."""

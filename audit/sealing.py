@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from django.db import connection, transaction
 
-from audit.chain import GENESIS, canonical_json, link, select_columns, to_event
+from audit.chain import GENESIS, fast_columns, fast_link
 from audit.triggers import TABLE
 
 # pg_advisory_xact_lock key: "selfops audit sealer"
@@ -69,8 +69,9 @@ def seal_batch(batch_size: int = DEFAULT_BATCH_SIZE) -> int:
     with transaction.atomic(), connection.cursor() as cursor:
         _lock(cursor)
         head_seq, prev = chain_head(cursor)
+        vendor = connection.vendor
         cursor.execute(
-            f"SELECT {select_columns(connection.vendor)} FROM {TABLE} WHERE seal_seq IS NULL ORDER BY id LIMIT %s",  # noqa: S608  # nosec B608
+            f"SELECT {fast_columns(vendor)} FROM {TABLE} WHERE seal_seq IS NULL ORDER BY id LIMIT %s",  # noqa: S608  # nosec B608
             [batch_size],
         )
         rows = cursor.fetchall()
@@ -80,10 +81,8 @@ def seal_batch(batch_size: int = DEFAULT_BATCH_SIZE) -> int:
         ids, seqs, hashes = [], [], []
         for row in rows:
             seq += 1
-            _, event, _ = to_event(row, connection.vendor)
-            event["seal_seq"] = seq
-            prev = link(prev, canonical_json(event))
-            ids.append(event["id"])
+            prev = fast_link(prev, row, seq, vendor)
+            ids.append(row[0])
             seqs.append(seq)
             hashes.append(prev)
         _write(cursor, ids, seqs, hashes)

@@ -204,3 +204,45 @@ def test_utc_iso_normalises_database_time_texts():
     assert utc_iso("2026-11-25T20:01:02.25") == "2026-11-25T20:01:02.250000Z"
     assert utc_iso("2026-11-25T15:01:02-05:00") == "2026-11-25T20:01:02.000000Z"
     assert utc_iso("2026-11-25T21:01:02.5+01:00") == "2026-11-25T20:01:02.500000Z"
+
+
+@pytest.mark.django_db
+def test_the_fast_path_writes_the_canonical_bytes():
+    # given events whose texts need every kind of JSON escaping, times with and without microseconds, with and
+    # without a case, and data whose keys sort differently by length, case and accent
+    import datetime as dt
+
+    from audit.actors import Actor
+    from audit.chain import SELECT_COLUMNS, fast_columns, fast_link
+
+    odd = 'q"b\\s/ \t\n\r\x08\x0c \x01\x1f\x7f é ✓ \u2028 😀'
+    plus_two = dt.timezone(dt.timedelta(hours=2))
+    for i, when in enumerate(
+        [dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC), dt.datetime(2026, 1, 2, 3, 4, 5, 7, plus_two)]
+    ):
+        event = audit_event(
+            actor=Actor(kind="user", id=odd, label=odd),
+            action="reference.loaded",
+            subject_type="t" + odd,
+            subject_id=str(i),
+            subject_label=odd,
+            case_id=None if i else 42,
+            data={"é": odd, "Z": [1, 0.87, None, True, "1e-07"], "a": {"bb": 1, "b": {"ä": "x", "a": odd}}, "": 0},
+        )
+        event.occurred_at = when
+        event.correlation_id = odd[:60]
+        event.save()
+    seal()
+
+    # then the sealer's hashes (the fast path) equal the documented definition computed from an event dict
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {SELECT_COLUMNS} FROM audit_auditevent ORDER BY seal_seq")  # noqa: S608
+        rows = cursor.fetchall()
+        cursor.execute(f"SELECT {fast_columns(connection.vendor)} FROM audit_auditevent ORDER BY seal_seq")  # noqa: S608
+        fast_rows = cursor.fetchall()
+    prev = GENESIS
+    for row, fast in zip(rows, fast_rows, strict=True):
+        expected = link(prev, canonical_json(row_to_event(row)))
+        assert fast_link(prev, fast, row[0], connection.vendor) == expected == row[13]
+        prev = expected
+    assert verify().ok
