@@ -9,6 +9,8 @@ sealed) is simply still unsealed at the next run and gets the next numbers: neve
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.db import connection, transaction
@@ -103,3 +105,15 @@ def seal(*, batch_size: int = DEFAULT_BATCH_SIZE, max_batches: int | None = None
             break
     head_seq, head_hash = chain_head()
     return SealResult(sealed=sealed, head_seq=head_seq, head_hash=head_hash)
+
+
+def seal_every(interval: float, *, stop: Callable[[], bool], max_seconds: float) -> int:
+    """Seal the backlog now and every ``interval`` seconds after, until ``stop()`` holds or the next run would start
+    after ``max_seconds``; returns how many events were sealed."""
+    deadline = time.monotonic() + max_seconds
+    sealed = 0
+    while True:
+        sealed += seal().sealed
+        if stop() or time.monotonic() + interval > deadline:
+            return sealed
+        time.sleep(interval)

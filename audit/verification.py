@@ -200,7 +200,8 @@ def _can_fork() -> bool:
 
 
 def default_workers() -> int:
-    return max(1, min(os.cpu_count() or 1, 8))
+    """One process per core this process may use (at most 8)."""
+    return max(1, min(len(os.sched_getaffinity(0)), 8))
 
 
 def _combine(results: list[VerifyResult], first: int) -> VerifyResult:

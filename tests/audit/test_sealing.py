@@ -1,9 +1,12 @@
+import datetime as dt
 import threading
+import time
 from pathlib import Path
 
 import pytest
 from django.core.management import call_command
 from django.db import close_old_connections, connection, transaction
+from django.utils import timezone
 
 from audit.chain import GENESIS, canonical_json, link, row_to_event, utc_iso
 from audit.models import AuditEvent
@@ -153,11 +156,29 @@ def test_audit_seal_command_seals_the_backlog(capsys):
 
 
 @pytest.mark.django_db
-def test_migrate_installs_the_sealer_and_digest_schedules():
+def test_migrate_installs_the_sealer_shift_every_minute_and_the_daily_digest():
     from django_q.models import Schedule
 
-    names = set(Schedule.objects.values_list("func", flat=True))
-    assert {"audit.tasks.seal_events", "audit.tasks.export_daily_digest"} <= names
+    from audit.tasks import shift_seconds
+
+    # the sealer: a shift started every minute, allowed to run its whole shift (beyond the cluster's task timeout)
+    sealer = Schedule.objects.get(func="audit.tasks.seal_events")
+    assert (sealer.schedule_type, sealer.minutes, sealer.repeats) == (Schedule.MINUTES, 1, -1)
+    timeout = eval(sealer.kwargs)["q_options"]["timeout"]  # noqa: S307  (django-q2 reads it with literal_eval)
+    assert 60 <= shift_seconds() < timeout < django_q_retry()
+    assert Schedule.objects.get(func="audit.tasks.export_daily_digest").schedule_type == Schedule.DAILY
+
+
+def django_q_retry() -> int:
+    from django_q.conf import Conf
+
+    return Conf.RETRY
+
+
+def test_the_seal_interval_is_a_few_seconds_by_default():
+    from selfops.settings import SELFOPS
+
+    assert 1 <= SELFOPS["AUDIT_SEAL_INTERVAL"] <= 10
 
 
 @pytest.mark.django_db
@@ -169,7 +190,52 @@ def test_the_scheduled_tasks_seal_and_export_a_digest(settings, tmp_path):
     path = tasks.export_daily_digest()
     assert '"seq": 2' in Path(path).read_text()
     record(1)
+    settings.SELFOPS = {**settings.SELFOPS, "AUDIT_SEAL_INTERVAL": 60}  # a minute or more: one run per schedule
     assert tasks.seal_events() == 1
+
+
+@postgres_only()
+@pytest.mark.django_db(transaction=True)
+def test_the_sealer_shift_seals_every_interval_until_the_next_shift_begins(settings):
+    # given a shift running with a short interval
+    from django_q.models import Schedule
+
+    from audit import tasks
+
+    settings.SELFOPS = {**settings.SELFOPS, "AUDIT_SEAL_INTERVAL": 0.2}
+    sealed = []
+
+    def shift():
+        try:
+            sealed.append(tasks.seal_events())
+        finally:
+            close_old_connections()
+
+    runner = threading.Thread(target=shift)
+    runner.start()
+    try:
+        # when events are committed in bursts while it runs
+        for burst in range(3):
+            with transaction.atomic():
+                record(50)
+            # then each burst is sealed by the shift within a few intervals, nobody else sealing
+            wait_for(lambda: not AuditEvent.objects.filter(seal_seq__isnull=True).exists(), seconds=15)
+            assert AuditEvent.objects.filter(seal_seq__isnull=False).count() == 50 * (burst + 1)
+        assert runner.is_alive()  # still on shift
+
+        # and when the scheduler starts the next shift (it moves the schedule's next run), this one ends
+        Schedule.objects.filter(name=tasks.SEAL_SCHEDULE).update(next_run=timezone.now() + dt.timedelta(minutes=1))
+    finally:
+        runner.join(15)
+    assert not runner.is_alive() and sealed == [150]
+    assert verify().ok
+
+
+def wait_for(predicate, *, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, f"not within {seconds} s"
+        time.sleep(0.05)
 
 
 def test_the_fast_canonical_form_equals_the_documented_one():
