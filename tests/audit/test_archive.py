@@ -164,3 +164,35 @@ def test_after_archive_refuses_an_edited_archive_and_a_digest_older_than_the_dat
     archive.write_text("\n".join(lines) + "\n")
     with pytest.raises(CommandError, match="broken at seal_seq 2"):
         call_command("audit_verify", "--after-archive", str(archive))
+
+
+def test_a_digest_inside_an_archived_range_is_checked_against_the_archive(tmp_path, capsys):
+    # given a digest at #3 and an archive of #1..#5
+    record(3)
+    seal()
+    digest = tmp_path / "d3.json"
+    call_command("audit_digest", "--out", str(digest))
+    record(2)
+    seal()
+    archive = tmp_path / "a.jsonl"
+    call_command("audit_export", "--from-seq", "1", "--to-seq", "5", "--out", str(archive))
+
+    # then the archive matches the digest
+    call_command("audit_verify", "--archive", str(archive), "--digest", str(digest))
+    assert "matches the digest at #3" in capsys.readouterr().out
+
+    # and an archive rewritten with recomputed hashes does not
+    from audit.chain import CHAINED_FIELDS, canonical_json, link
+
+    lines = [json.loads(line) for line in archive.read_text().splitlines()]
+    lines[2]["subject_label"] = "rewritten"  # #2
+    prev = lines[0]["prev_hash"]
+    for event in lines[1:-1]:
+        event["hash"] = prev = link(prev, canonical_json({k: event[k] for k in CHAINED_FIELDS}))
+    from audit.digests import sign
+
+    lines[-1] = {"type": "digest", **sign({"seq": 5, "hash": prev, "time": lines[-1]["time"]})}
+    archive.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    assert verify_archive(archive).ok  # consistent on its own (whoever rewrote it held the key)
+    with pytest.raises(CommandError, match="broken at seal_seq 3: .*rewritten"):
+        call_command("audit_verify", "--archive", str(archive), "--digest", str(digest))

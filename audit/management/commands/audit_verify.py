@@ -39,10 +39,10 @@ class Command(BaseCommand):
                     raise CommandError(f"{after_archive}: {tail.describe()}")
                 from_seq, prev_hash = archive_tail(after_archive)
             start = {"from_seq": from_seq, "prev_hash": prev_hash or GENESIS, "workers": workers}
+            digest = load(digest) if digest else None
             if archive:
-                result = verify_archive(archive)
+                result = verify_archive(archive, against=digest)
             elif digest:
-                digest = load(digest)
                 result = verify_digest(digest, **start)
             else:
                 result = verify(**start)
