@@ -125,13 +125,24 @@ def fast_link(prev_hash: str, row, seq: int, vendor: str) -> str:
         event = row_to_event(row[1:])
         event["seal_seq"] = seq
         return link(prev_hash, canonical_json(event))
+    return _pg_link(prev_hash, row, seq)
+
+
+def _pg_link(prev_hash: str, row, seq: int, _loads=orjson.loads, _dumps=orjson.dumps, _sha256=hashlib.sha256) -> str:
     try:
-        data = orjson.dumps(orjson.loads(row[3]), option=orjson.OPT_SORT_KEYS)
+        data = _dumps(_loads(row[3]), option=orjson.OPT_SORT_KEYS)
     except (orjson.JSONDecodeError, orjson.JSONEncodeError, TypeError):
         data = canonical_json_reference(json.loads(row[3]))
-    return hashlib.sha256(
+    return _sha256(
         b"".join(((prev_hash + row[2]).encode(), data, f'{row[4]},"seal_seq":{seq}{row[5]}'.encode()))
     ).hexdigest()
+
+
+def row_linker(vendor: str):
+    """``(prev_hash, row) -> hash`` for sealed rows selected with ``fast_columns(vendor)`` (their own seal_seq)."""
+    if vendor == "postgresql":
+        return lambda prev_hash, row: _pg_link(prev_hash, row, row[1])
+    return lambda prev_hash, row: fast_link(prev_hash, row, row[1], vendor)
 
 
 _UTC = dt.UTC

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from django.db import connection, connections, transaction
 from django.utils import timezone
 
-from audit.chain import GENESIS, canonical_json, fast_columns, fast_link, link
+from audit.chain import GENESIS, canonical_json, fast_columns, link, row_linker
 from audit.models import AuditEvent, VerificationRun
 from audit.sealing import chain_head
 from audit.triggers import TABLE
@@ -52,37 +52,42 @@ def verify_rows(
     """Check ``(seal_seq, event dict, stored hash)`` triples, by seal_seq, chain from ``prev_hash`` starting at
     ``start_seq`` (an archive file's events; the database goes through ``verify``)."""
     return _check(
-        ((seq, stored, lambda prev, e=event: link(prev, canonical_json(e))) for seq, event, stored in rows),
+        ((seq, event, stored) for seq, event, stored in rows),
+        link_row=lambda prev, row: link(prev, canonical_json(row[1])),
+        seq_at=0,
         start_seq=start_seq,
         prev_hash=prev_hash,
         remember=remember,
     )
 
 
-def _check(items: Iterable, *, start_seq: int, prev_hash: str, remember: Iterable[int] = ()) -> VerifyResult:
-    """The chain check: ``(seal_seq, stored hash, recompute(prev_hash) -> hash)`` in seal_seq order."""
+def _check(
+    rows: Iterable, *, link_row, seq_at: int, start_seq: int, prev_hash: str, remember: Iterable[int] = ()
+) -> VerifyResult:
+    """The chain check over rows in seal_seq order: ``row[seq_at]`` is the sequence number, ``row[-1]`` the stored
+    hash, ``link_row(prev_hash, row)`` the recomputed one. (The loop of a million: kept to the bare minimum.)"""
     remember = set(remember)
     result = VerifyResult(ok=True)
     expected = start_seq
     prev = prev_hash
-    checked = 0
-    for seq, stored, recompute in items:
+    for row in rows:
+        seq = row[seq_at]
         if seq != expected:
             result.ok = False
             result.first_bad_seq = expected
             result.problem = f"expected event #{expected}, found #{seq}: missing or renumbered events"
             break
-        recomputed = recompute(prev)
-        if recomputed != stored:
+        recomputed = link_row(prev, row)
+        if recomputed != row[-1]:
             result.ok = False
             result.first_bad_seq = seq
             result.problem = "stored hash does not match the recomputed hash: the event or its predecessors changed"
             break
-        if seq in remember:
+        if remember and seq in remember:
             result.hashes_at[seq] = recomputed
         prev = recomputed
         expected += 1
-        checked += 1
+    checked = expected - start_seq
     result.checked = checked
     result.head_seq = expected - 1 if checked else None
     result.head_hash = prev if checked else ""
@@ -151,8 +156,14 @@ def verify_range(first: int, last: int | None, prev_hash: str | None, remember: 
                 problem=f"event #{first - 1} is missing: missing or renumbered events",
             )
     vendor = connection.vendor
-    rows = ((row[1], row[-1], lambda prev, r=row: fast_link(prev, r, r[1], vendor)) for row in _stream(first, last))
-    result = _check(rows, start_seq=first, prev_hash=prev_hash, remember=remember)
+    result = _check(
+        _stream(first, last),
+        link_row=row_linker(vendor),
+        seq_at=1,
+        start_seq=first,
+        prev_hash=prev_hash,
+        remember=remember,
+    )
     if result.ok and last is not None and result.head_seq != last:
         result.ok = False
         result.first_bad_seq = (result.head_seq or first - 1) + 1
