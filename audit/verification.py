@@ -52,7 +52,7 @@ def verify_rows(
     """Check ``(seal_seq, event dict, stored hash)`` triples, by seal_seq, chain from ``prev_hash`` starting at
     ``start_seq`` (an archive file's events; the database goes through ``verify``)."""
     return _check(
-        ((seq, event, stored) for seq, event, stored in rows),
+        rows,
         link_row=lambda prev, row: link(prev, canonical_json(row[1])),
         seq_at=0,
         start_seq=start_seq,
@@ -222,12 +222,12 @@ def _combine(results: list[VerifyResult], first: int) -> VerifyResult:
     for result in results:
         combined.checked += result.checked
         combined.hashes_at.update(result.hashes_at)
+        if result.checked:
+            combined.head_seq, combined.head_hash = result.head_seq, result.head_hash
         if not result.ok:
             combined.ok, combined.first_bad_seq, combined.problem = False, result.first_bad_seq, result.problem
             combined.checked = combined.first_bad_seq - first
             break
-        if result.checked:
-            combined.head_seq, combined.head_hash = result.head_seq, result.head_hash
     return combined
 
 
