@@ -2,7 +2,8 @@ from django.apps import AppConfig
 from django.db.models.signals import post_migrate
 
 SCHEDULES = [
-    # (name, func, schedule_type, minutes): django-q2's scheduler wakes about every 30 s; each run seals the backlog.
+    # (name, func, schedule_type, minutes): the minute schedule seals what the workers' own sealing (every few
+    # seconds while work flows, audit.tasks) left.
     ("selfops: seal audit events", "audit.tasks.seal_events", "I", 1),
     ("selfops: export audit digest", "audit.tasks.export_daily_digest", "D", None),
 ]
@@ -13,9 +14,8 @@ def ensure_audit_schedules(sender, using="default", **kwargs):
     from django_q.models import Schedule
 
     for name, func, schedule_type, minutes in SCHEDULES:
-        Schedule.objects.using(using).update_or_create(
-            name=name, defaults={"func": func, "schedule_type": schedule_type, "minutes": minutes, "repeats": -1}
-        )
+        defaults = {"func": func, "schedule_type": schedule_type, "minutes": minutes, "repeats": -1, "kwargs": None}
+        Schedule.objects.using(using).update_or_create(name=name, defaults=defaults)
 
 
 class AuditConfig(AppConfig):

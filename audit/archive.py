@@ -68,9 +68,27 @@ def export_range(*, from_seq: int, to_seq: int, out: str | Path) -> int:
     return written
 
 
-def verify_archive(path: str | Path) -> VerifyResult:
+def archive_tail(path: str | Path) -> tuple[int, str]:
+    """Where the database's chain continues after an archive: (the sequence number after its range, its last hash,
+    as its signed closing digest states). Verify the archive first (``verify_archive``)."""
+    from audit.digests import check_signature
+
+    with Path(path).open(encoding="utf-8") as f:
+        first, last = None, None
+        for line in f:
+            if line.strip():
+                first, last = first or line, line
+    header, digest = json.loads(first or "{}"), json.loads(last or "{}")
+    if header.get("type") != "header" or digest.get("type") != "digest":
+        raise ArchiveError(f"{path} is not an archive (a header line, events, a closing digest)")
+    check_signature(digest)
+    return int(header["to_seq"]) + 1, digest["hash"]
+
+
+def verify_archive(path: str | Path, *, against: dict | None = None) -> VerifyResult:
     """Verify an exported range on its own: consecutive, every hash recomputed, and the closing digest's signature
-    and hash (raises ``ArchiveError`` for a malformed file, ``DigestError`` for a bad signature)."""
+    and hash (raises ``ArchiveError`` for a malformed file, ``DigestError`` for a bad signature). With ``against``, a
+    published digest of an event in the range (already signature-checked), also prove the range matches it."""
     from audit.digests import check_signature
 
     with Path(path).open(encoding="utf-8") as f:
@@ -84,11 +102,20 @@ def verify_archive(path: str | Path) -> VerifyResult:
     rows = (
         (e["seal_seq"], {k: e[k] for k in CHAINED_FIELDS}, e["hash"]) for e in lines[1:-1] if e.get("type") == "event"
     )
-    result = verify_rows(rows, start_seq=header["from_seq"], prev_hash=header["prev_hash"])
+    pinned = int(against["seq"]) if against else None
+    if pinned is not None and not header["from_seq"] <= pinned <= header["to_seq"]:
+        raise ArchiveError(
+            f"the digest (#{pinned}) is outside the archive's range #{header['from_seq']}..#{header['to_seq']}"
+        )
+    remember = [pinned] if pinned is not None else []
+    result = verify_rows(rows, start_seq=header["from_seq"], prev_hash=header["prev_hash"], remember=remember)
     if result.ok and (result.head_seq != header["to_seq"] or digest["seq"] != header["to_seq"]):
         result.ok, result.first_bad_seq = False, (result.head_seq or header["from_seq"] - 1) + 1
         result.problem = f"the archive ends at #{result.head_seq}, its header and digest say #{header['to_seq']}"
     elif result.ok and digest["hash"] != result.head_hash:
         result.ok, result.first_bad_seq = False, header["to_seq"]
         result.problem = "the archive's last hash differs from its signed digest"
+    elif result.ok and pinned is not None and result.hashes_at.get(pinned) != against["hash"]:
+        result.ok, result.first_bad_seq = False, pinned
+        result.problem = f"the recomputed hash at #{pinned} differs from the digest's: the archive was rewritten"
     return result

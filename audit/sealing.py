@@ -9,11 +9,12 @@ sealed) is simply still unsealed at the next run and gets the next numbers: neve
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from django.db import connection, transaction
 
-from audit.chain import GENESIS, canonical_json, link, select_columns, to_event
+from audit.chain import GENESIS, fast_columns, fast_link
 from audit.triggers import TABLE
 
 # pg_advisory_xact_lock key: "selfops audit sealer"
@@ -42,10 +43,15 @@ def chain_head(cursor=None) -> tuple[int | None, str]:
         return read(c)
 
 
-def _lock(cursor) -> None:
+def _lock(cursor, *, wait: bool = True) -> bool:
+    """Take the sealer's lock for this transaction; with ``wait=False`` only if nobody holds it (returns whether)."""
     if connection.vendor == "postgresql":
+        if not wait:
+            cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [SEALER_LOCK_KEY])
+            return bool(cursor.fetchone()[0])
         cursor.execute("SELECT pg_advisory_xact_lock(%s)", [SEALER_LOCK_KEY])
     # SQLite: the transaction began IMMEDIATE (settings), so it already holds the only write lock.
+    return True
 
 
 def _write(cursor, ids: list[int], seqs: list[int], hashes: list[str]) -> None:
@@ -64,13 +70,16 @@ def _write(cursor, ids: list[int], seqs: list[int], hashes: list[str]) -> None:
         )
 
 
-def seal_batch(batch_size: int = DEFAULT_BATCH_SIZE) -> int:
-    """Seal up to ``batch_size`` events in one transaction; returns how many were sealed."""
+def seal_batch(batch_size: int = DEFAULT_BATCH_SIZE, *, wait: bool = True) -> int:
+    """Seal up to ``batch_size`` events in one transaction; returns how many were sealed (0 as well when ``wait`` is
+    False and another sealer holds the lock)."""
     with transaction.atomic(), connection.cursor() as cursor:
-        _lock(cursor)
+        if not _lock(cursor, wait=wait):
+            return 0
         head_seq, prev = chain_head(cursor)
+        vendor = connection.vendor
         cursor.execute(
-            f"SELECT {select_columns(connection.vendor)} FROM {TABLE} WHERE seal_seq IS NULL ORDER BY id LIMIT %s",  # noqa: S608  # nosec B608
+            f"SELECT {fast_columns(vendor)} FROM {TABLE} WHERE seal_seq IS NULL ORDER BY id LIMIT %s",  # noqa: S608  # nosec B608
             [batch_size],
         )
         rows = cursor.fetchall()
@@ -80,27 +89,41 @@ def seal_batch(batch_size: int = DEFAULT_BATCH_SIZE) -> int:
         ids, seqs, hashes = [], [], []
         for row in rows:
             seq += 1
-            _, event, _ = to_event(row, connection.vendor)
-            event["seal_seq"] = seq
-            prev = link(prev, canonical_json(event))
-            ids.append(event["id"])
+            prev = fast_link(prev, row, seq, vendor)
+            ids.append(row[0])
             seqs.append(seq)
             hashes.append(prev)
         _write(cursor, ids, seqs, hashes)
         return len(rows)
 
 
-def seal(*, batch_size: int = DEFAULT_BATCH_SIZE, max_batches: int | None = None) -> SealResult:
+def seal(*, batch_size: int = DEFAULT_BATCH_SIZE, max_batches: int | None = None, wait: bool = True) -> SealResult:
     """Seal every event unsealed now (or ``max_batches`` batches of them). Safe to run in several processes at once:
-    sealers take turns, batch by batch."""
+    sealers take turns, batch by batch; with ``wait=False`` it gives way at once to a sealer already at work."""
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     sealed = batches = 0
     while max_batches is None or batches < max_batches:
-        n = seal_batch(batch_size)
+        n = seal_batch(batch_size, wait=wait)
         sealed += n
         batches += 1
         if n < batch_size:
             break
     head_seq, head_hash = chain_head()
     return SealResult(sealed=sealed, head_seq=head_seq, head_hash=head_hash)
+
+
+_last_seal_started = 0.0  # per process: when this process last started sealing (time.monotonic)
+
+
+def seal_if_due(interval: float) -> int:
+    """Seal the backlog if this process has not started a seal for ``interval`` seconds and no other sealer is at
+    work; returns how many events were sealed. Workers call it after each task, so while work flows the chain is
+    sealed every few seconds without a process of its own (django-q2's schedules are a minute at the finest); the
+    minute schedule seals whatever is left when no work flows."""
+    global _last_seal_started
+    now = time.monotonic()
+    if now - _last_seal_started < interval:
+        return 0
+    _last_seal_started = now
+    return seal(wait=False).sealed

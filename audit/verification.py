@@ -8,21 +8,26 @@ its own; a signed digest published earlier catches that (``audit.digests``).
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
+import os
 import queue
 import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 from django.utils import timezone
 
-from audit.chain import GENESIS, canonical_json, link, select_columns, to_event
+from audit.chain import GENESIS, canonical_json, fast_columns, link, row_linker
 from audit.models import AuditEvent, VerificationRun
 from audit.sealing import chain_head
 from audit.triggers import TABLE
 
 CHUNK = 20_000
+# Below this many events one process is quicker than starting several.
+PARALLEL_MIN_EVENTS = 100_000
+RANGES_PER_WORKER = 2
 
 
 @dataclass
@@ -45,45 +50,61 @@ def verify_rows(
     rows: Iterable, *, start_seq: int = 1, prev_hash: str = GENESIS, remember: Iterable[int] = ()
 ) -> VerifyResult:
     """Check ``(seal_seq, event dict, stored hash)`` triples, by seal_seq, chain from ``prev_hash`` starting at
-    ``start_seq``."""
+    ``start_seq`` (an archive file's events; the database goes through ``verify``)."""
+    return _check(
+        rows,
+        link_row=lambda prev, row: link(prev, canonical_json(row[1])),
+        seq_at=0,
+        start_seq=start_seq,
+        prev_hash=prev_hash,
+        remember=remember,
+    )
+
+
+def _check(
+    rows: Iterable, *, link_row, seq_at: int, start_seq: int, prev_hash: str, remember: Iterable[int] = ()
+) -> VerifyResult:
+    """The chain check over rows in seal_seq order: ``row[seq_at]`` is the sequence number, ``row[-1]`` the stored
+    hash, ``link_row(prev_hash, row)`` the recomputed one. (The loop of a million: kept to the bare minimum.)"""
     remember = set(remember)
     result = VerifyResult(ok=True)
     expected = start_seq
     prev = prev_hash
-    checked = 0
-    for seq, event, stored in rows:
+    for row in rows:
+        seq = row[seq_at]
         if seq != expected:
             result.ok = False
             result.first_bad_seq = expected
             result.problem = f"expected event #{expected}, found #{seq}: missing or renumbered events"
             break
-        recomputed = link(prev, canonical_json(event))
-        if recomputed != stored:
+        recomputed = link_row(prev, row)
+        if recomputed != row[-1]:
             result.ok = False
             result.first_bad_seq = seq
             result.problem = "stored hash does not match the recomputed hash: the event or its predecessors changed"
             break
-        if seq in remember:
+        if remember and seq in remember:
             result.hashes_at[seq] = recomputed
         prev = recomputed
         expected += 1
-        checked += 1
+    checked = expected - start_seq
     result.checked = checked
     result.head_seq = expected - 1 if checked else None
     result.head_hash = prev if checked else ""
     return result
 
 
-def _stream(up_to: int | None, from_seq: int = 1):
-    where = "seal_seq >= %s" + (" AND seal_seq <= %s" if up_to is not None else "")
-    params = [from_seq] + ([up_to] if up_to is not None else [])
-    # A server-side cursor on PostgreSQL: a million rows stream in chunks instead of landing in memory at once.
-    # A helper thread fetches the next chunk while this one is hashed, so the database's work (mostly jsonb output)
-    # and ours overlap; it touches only the driver's cursor, and only it does.
+def _stream(first: int, last: int | None):
+    """The rows of seal_seq ``first``..``last`` (None: to the end) as ``fast_columns``, in seal_seq order.
+
+    A server-side cursor on PostgreSQL: a million rows stream in chunks instead of landing in memory at once. A helper
+    thread fetches the next chunk while this one is hashed, so the database's work and ours overlap; it touches only
+    the driver's cursor, and only it does."""
+    where = "seal_seq >= %s" + (" AND seal_seq <= %s" if last is not None else "")
+    params = [first] + ([last] if last is not None else [])
     vendor = connection.vendor
     with connection.chunked_cursor() as cursor:
-        columns = select_columns(vendor)
-        cursor.execute(f"SELECT {columns} FROM {TABLE} WHERE {where} ORDER BY seal_seq", params)  # noqa: S608  # nosec B608
+        cursor.execute(f"SELECT {fast_columns(vendor)} FROM {TABLE} WHERE {where} ORDER BY seal_seq", params)  # noqa: S608  # nosec B608
         chunks: queue.Queue = queue.Queue(maxsize=2)
         stop = threading.Event()
 
@@ -106,14 +127,122 @@ def _stream(up_to: int | None, from_seq: int = 1):
                     raise chunk
                 if not chunk:
                     return
-                for row in chunk:
-                    yield to_event(row, vendor)
+                yield from chunk
         finally:
             stop.set()
             while fetcher.is_alive():  # unblock a fetcher waiting on a full queue, then let it finish
                 with contextlib.suppress(queue.Empty):
                     chunks.get(timeout=0.1)
             fetcher.join()
+
+
+def _stored_hash(seq: int) -> str | None:
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT hash FROM {TABLE} WHERE seal_seq = %s", [seq])  # noqa: S608  # nosec B608
+        row = cursor.fetchone()
+    return row[0] if row else None
+
+
+def verify_range(first: int, last: int | None, prev_hash: str | None, remember: Iterable[int] = ()) -> VerifyResult:
+    """Recompute events ``first``..``last`` (None: to the end of the chain), chained from ``prev_hash`` or, when it is
+    None, from the stored hash of event ``first - 1`` (checked in its own range). A range that ends early names the
+    first missing event."""
+    if prev_hash is None:
+        prev_hash = _stored_hash(first - 1)
+        if prev_hash is None:
+            return VerifyResult(
+                ok=False,
+                first_bad_seq=first - 1,
+                problem=f"event #{first - 1} is missing: missing or renumbered events",
+            )
+    vendor = connection.vendor
+    result = _check(
+        _stream(first, last),
+        link_row=row_linker(vendor),
+        seq_at=1,
+        start_seq=first,
+        prev_hash=prev_hash,
+        remember=remember,
+    )
+    if result.ok and last is not None and result.head_seq != last:
+        result.ok = False
+        result.first_bad_seq = (result.head_seq or first - 1) + 1
+        result.problem = f"expected event #{result.first_bad_seq}, found none: missing events"
+    return result
+
+
+def _verify_range_in_worker(args) -> VerifyResult:
+    try:
+        with transaction.atomic():
+            return verify_range(*args)
+    finally:
+        connection.close()
+
+
+def _plan(first: int, head: int | None, up_to: int | None, workers: int) -> list[tuple[int, int | None]]:
+    """Split ``first``..the head into ranges for ``workers`` processes (a few per process, so that a slow one does not
+    hold up the end); the last range runs to the end of the chain unless ``up_to`` bounds it."""
+    end = up_to if up_to is not None else head
+    if end is None or workers <= 1 or end - first + 1 < PARALLEL_MIN_EVENTS:
+        return [(first, up_to)]
+    count = workers * RANGES_PER_WORKER
+    size = -(-(end - first + 1) // count)
+    ranges = [(a, min(a + size - 1, end)) for a in range(first, end + 1, size)]
+    if up_to is None:
+        ranges[-1] = (ranges[-1][0], None)
+    return ranges
+
+
+def _can_fork() -> bool:
+    """Processes need their own connections (the data they check must be committed, outside any transaction of
+    ours) and a process allowed to have children (django-q2 workers are daemons)."""
+    return (
+        not connection.in_atomic_block
+        and not multiprocessing.current_process().daemon
+        and "fork" in multiprocessing.get_all_start_methods()
+        and (
+            connection.vendor == "postgresql"
+            or (
+                connection.vendor == "sqlite"
+                and not connection.creation.is_in_memory_db(connection.settings_dict["NAME"])
+            )
+        )
+    )
+
+
+def default_workers() -> int:
+    """One process per core this process may use (at most 8)."""
+    return max(1, min(len(os.sched_getaffinity(0)), 8))
+
+
+def _combine(results: list[VerifyResult], first: int) -> VerifyResult:
+    """The ranges' results, in order, as one: the first break in the lowest range is the chain's first break (every
+    range before it recomputed its last stored hash, which the next range started from)."""
+    combined = VerifyResult(ok=True)
+    for result in results:
+        combined.checked += result.checked
+        combined.hashes_at.update(result.hashes_at)
+        if result.checked:
+            combined.head_seq, combined.head_hash = result.head_seq, result.head_hash
+        if not result.ok:
+            combined.ok, combined.first_bad_seq, combined.problem = False, result.first_bad_seq, result.problem
+            combined.checked = combined.first_bad_seq - first
+            break
+    return combined
+
+
+def _verify_chain(*, first, prev_hash, up_to, remember, workers) -> VerifyResult:
+    head, _ = chain_head()
+    parallel = workers > 1 and _can_fork()
+    ranges = _plan(first, head, up_to, workers if parallel else 1)
+    jobs = [(a, b, prev_hash if a == first else None, remember) for a, b in ranges]
+    if len(jobs) == 1:
+        with transaction.atomic():
+            return verify_range(*jobs[0])
+    connections.close_all()  # the children open their own; sharing a socket across fork corrupts it
+    with multiprocessing.get_context("fork").Pool(min(workers, len(jobs))) as pool:
+        results = pool.map(_verify_range_in_worker, jobs, chunksize=1)
+    return _combine(results, first)
 
 
 def verify(
@@ -123,15 +252,22 @@ def verify(
     prev_hash: str = GENESIS,
     remember: Iterable[int] = (),
     record: bool = True,
+    workers: int | None = None,
 ) -> VerifyResult:
     """Recompute the chain (from ``from_seq``, whose predecessor's hash is ``prev_hash``: for a database whose older
-    events were archived; up to ``up_to``) and record the run."""
+    events were archived; up to ``up_to``) and record the run. Large chains are checked in ranges by ``workers``
+    processes (default: one per core) when this is called outside a transaction; the result is the same."""
     started, t0 = timezone.now(), time.perf_counter()
-    with transaction.atomic():
-        result = verify_rows(_stream(up_to, from_seq), start_seq=from_seq, prev_hash=prev_hash, remember=remember)
+    result = _verify_chain(
+        first=from_seq,
+        prev_hash=prev_hash,
+        up_to=up_to,
+        remember=remember,
+        workers=default_workers() if workers is None else workers,
+    )
     if result.ok and up_to is not None and result.head_seq != up_to:
         result.ok = False
-        result.first_bad_seq = (result.head_seq or 0) + 1
+        result.first_bad_seq = (result.head_seq or from_seq - 1) + 1
         result.problem = f"the chain ends at #{result.head_seq}, before #{up_to}"
     if record:
         VerificationRun.objects.create(
@@ -176,6 +312,9 @@ class VerifyStatus:
         }
 
 
+BACKLOG_COUNT_LIMIT = 100_000  # the status panel counts the unsealed backlog up to this, then says "N+"
+
+
 def verify_status() -> VerifyStatus:
     """The chain at a glance, for the portal panel and the API: sealed up to, head hash, backlog, last verification."""
     head_seq, head_hash = chain_head()
@@ -190,20 +329,35 @@ def verify_status() -> VerifyStatus:
     )
 
 
-BACKLOG_COUNT_LIMIT = 100_000
-
-
-def verify_digest(digest: dict, *, record: bool = True) -> VerifyResult:
+def verify_digest(
+    digest: dict,
+    *,
+    from_seq: int = 1,
+    prev_hash: str = GENESIS,
+    record: bool = True,
+    workers: int | None = None,
+) -> VerifyResult:
     """Prove the history up to a signed digest was not rewritten: the signature holds, the chain verifies up to the
-    digest's sequence number, and the recomputed hash there equals the digest's. Raises ``DigestError`` on a bad
-    signature."""
-    from audit.digests import check_signature
+    digest's sequence number, and the recomputed hash there equals the digest's. On a database whose events before
+    ``from_seq`` were archived, the chain starts from ``prev_hash`` (the archive's last hash). Raises ``DigestError``
+    on a bad signature or a digest older than the events kept."""
+    from audit.digests import DigestError, check_signature
 
     check_signature(digest)
     seq = int(digest["seq"])
     if seq == 0:
         return VerifyResult(ok=True)
-    result = verify(up_to=seq, remember=[seq], record=False)
+    if seq < from_seq - 1:
+        raise DigestError(
+            f"the digest (#{seq}) is older than the events kept in the database (from #{from_seq}): "
+            f"check it against the archive holding #{seq}"
+        )
+    if seq == from_seq - 1:  # the digest pins the archive's last event, which the database's chain starts from
+        result = VerifyResult(ok=True, head_seq=seq, head_hash=prev_hash, hashes_at={seq: prev_hash})
+    else:
+        result = verify(
+            up_to=seq, from_seq=from_seq, prev_hash=prev_hash, remember=[seq], record=False, workers=workers
+        )
     if result.ok and result.hashes_at.get(seq) != digest["hash"]:
         result.ok = False
         result.first_bad_seq = seq

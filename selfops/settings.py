@@ -228,6 +228,8 @@ SELFOPS = {
     "WEBHOOK_MAX_ATTEMPTS": env.int("SELFOPS_WEBHOOK_MAX_ATTEMPTS", default=8),
     "WEBHOOK_BACKOFF_SECONDS": env.float("SELFOPS_WEBHOOK_BACKOFF_SECONDS", default=30.0),
     "WEBHOOK_TIMEOUT": env.float("SELFOPS_WEBHOOK_TIMEOUT", default=10.0),
+    # audit: seconds between sealer runs (the scheduled sealer's shift seals at this pace; audit.tasks)
+    "AUDIT_SEAL_INTERVAL": env.float("SELFOPS_AUDIT_SEAL_INTERVAL", default=5.0),
 }
 
 # --- audit ----------------------------------------------------------------------------------------------------------

@@ -1,4 +1,6 @@
+import datetime as dt
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +21,6 @@ def _chain():
 
 
 def test_canonical_json_is_sorted_compact_utf8_with_utc_times():
-    import datetime as dt
     from decimal import Decimal
 
     event = {"b": 1, "a": {"z": Decimal("1.50"), "y": "é"}, "t": dt.datetime(2026, 1, 2, 4, 5, 6, tzinfo=dt.UTC)}
@@ -153,11 +154,18 @@ def test_audit_seal_command_seals_the_backlog(capsys):
 
 
 @pytest.mark.django_db
-def test_migrate_installs_the_sealer_and_digest_schedules():
+def test_migrate_installs_the_minute_sealer_and_the_daily_digest():
     from django_q.models import Schedule
 
-    names = set(Schedule.objects.values_list("func", flat=True))
-    assert {"audit.tasks.seal_events", "audit.tasks.export_daily_digest"} <= names
+    sealer = Schedule.objects.get(func="audit.tasks.seal_events")
+    assert (sealer.schedule_type, sealer.minutes, sealer.repeats) == (Schedule.MINUTES, 1, -1)
+    assert Schedule.objects.get(func="audit.tasks.export_daily_digest").schedule_type == Schedule.DAILY
+
+
+def test_the_seal_interval_is_a_few_seconds_by_default():
+    from selfops.settings import SELFOPS
+
+    assert 1 <= SELFOPS["AUDIT_SEAL_INTERVAL"] <= 10
 
 
 @pytest.mark.django_db
@@ -170,6 +178,63 @@ def test_the_scheduled_tasks_seal_and_export_a_digest(settings, tmp_path):
     assert '"seq": 2' in Path(path).read_text()
     record(1)
     assert tasks.seal_events() == 1
+
+
+@pytest.mark.django_db
+def test_a_worker_seals_when_its_interval_has_passed_and_not_before(monkeypatch):
+    from audit import sealing
+
+    monkeypatch.setattr(sealing, "_last_seal_started", 0.0)
+    record(3)
+    assert sealing.seal_if_due(0.3) == 3  # due: nothing sealed yet by this process
+    record(2)
+    assert sealing.seal_if_due(0.3) == 0  # not yet
+    time.sleep(0.35)
+    assert sealing.seal_if_due(0.3) == 2
+    assert verify().ok
+
+
+@pytest.mark.django_db
+def test_the_engine_task_seals_the_chain_as_it_goes(claims_workflow, claim_generator, settings, monkeypatch):
+    # given a claim submitted and a seal interval that has passed
+    from audit import sealing
+    from operations import tasks
+    from tests.helpers import submit
+
+    monkeypatch.setattr(sealing, "_last_seal_started", 0.0)
+    case = submit(claim_generator.claim("straight_through"))
+
+    # when a worker runs its task
+    tasks.advance_case(case.pk)
+
+    # then the events of its steps are sealed by the worker itself
+    assert AuditEvent.objects.filter(case_id=case.pk).count() > 3
+    assert not AuditEvent.objects.filter(seal_seq__isnull=True).exists()
+
+
+@postgres_only()
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_gives_way_at_once_to_a_sealer_at_work(monkeypatch):
+    # given another sealer holding the sealer's lock
+    import psycopg
+
+    from audit import sealing
+    from operations.bench.cluster import database_url
+
+    record(2)
+    monkeypatch.setattr(sealing, "_last_seal_started", 0.0)
+    with psycopg.connect(database_url().replace("postgres://", "postgresql://", 1)) as other:
+        other.execute("BEGIN")
+        other.execute("SELECT pg_advisory_xact_lock(%s)", [sealing.SEALER_LOCK_KEY])
+
+        # when a worker's seal is due, it returns at once without waiting
+        t0 = time.monotonic()
+        assert sealing.seal_if_due(0.0) == 0
+        assert time.monotonic() - t0 < 2
+        other.execute("ROLLBACK")
+
+    # and the next one seals
+    assert sealing.seal_if_due(0.0) == 2
 
 
 def test_the_fast_canonical_form_equals_the_documented_one():
@@ -204,3 +269,44 @@ def test_utc_iso_normalises_database_time_texts():
     assert utc_iso("2026-11-25T20:01:02.25") == "2026-11-25T20:01:02.250000Z"
     assert utc_iso("2026-11-25T15:01:02-05:00") == "2026-11-25T20:01:02.000000Z"
     assert utc_iso("2026-11-25T21:01:02.5+01:00") == "2026-11-25T20:01:02.500000Z"
+
+
+@pytest.mark.django_db
+def test_the_fast_path_writes_the_canonical_bytes():
+    # given events whose texts need every kind of JSON escaping, times with and without microseconds, with and
+    # without a case, and data whose keys sort differently by length, case and accent
+
+    from audit.actors import Actor
+    from audit.chain import SELECT_COLUMNS, fast_columns, fast_link
+
+    odd = 'q"b\\s/ \t\n\r\x08\x0c \x01\x1f\x7f é ✓ \u2028 😀'
+    plus_two = dt.timezone(dt.timedelta(hours=2))
+    for i, when in enumerate(
+        [dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC), dt.datetime(2026, 1, 2, 3, 4, 5, 7, plus_two)]
+    ):
+        event = audit_event(
+            actor=Actor(kind="user", id=odd, label=odd),
+            action="reference.loaded",
+            subject_type="t" + odd,
+            subject_id=str(i),
+            subject_label=odd,
+            case_id=None if i else 42,
+            data={"é": odd, "Z": [1, 0.87, None, True, "1e-07"], "a": {"bb": 1, "b": {"ä": "x", "a": odd}}, "": 0},
+        )
+        event.occurred_at = when
+        event.correlation_id = odd[:60]
+        event.save()
+    seal()
+
+    # then the sealer's hashes (the fast path) equal the documented definition computed from an event dict
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {SELECT_COLUMNS} FROM audit_auditevent ORDER BY seal_seq")  # noqa: S608
+        rows = cursor.fetchall()
+        cursor.execute(f"SELECT {fast_columns(connection.vendor)} FROM audit_auditevent ORDER BY seal_seq")  # noqa: S608
+        fast_rows = cursor.fetchall()
+    prev = GENESIS
+    for row, fast in zip(rows, fast_rows, strict=True):
+        expected = link(prev, canonical_json(row_to_event(row)))
+        assert fast_link(prev, fast, row[0], connection.vendor) == expected == row[13]
+        prev = expected
+    assert verify().ok

@@ -2,8 +2,9 @@ import json
 
 import pytest
 from django.core.management import CommandError, call_command
-from django.db import connection
+from django.db import connection, transaction
 
+from audit import triggers
 from audit.chain import canonical_json, link, row_to_event
 from audit.models import AuditEvent, VerificationRun
 from audit.sealing import seal
@@ -108,3 +109,60 @@ def test_verify_status_counts_the_backlog_only_up_to_a_bound(sealed_chain, monke
     status = verify_status().as_dict()
 
     assert (status["unsealed_backlog"], status["unsealed_backlog_exact"]) == (2, False)
+
+
+@pytest.fixture
+def ranges_of_seven(monkeypatch):
+    """Verification split into ranges of 7 over 3 processes, as a million events would be (the threshold lowered)."""
+    from audit import verification
+
+    monkeypatch.setattr(verification, "PARALLEL_MIN_EVENTS", 1)
+    with transaction.atomic():
+        record(40)
+    seal(batch_size=16)
+    sequential = verify(workers=1, record=False)
+    assert verification._plan(1, 40, None, 3)[:2] == [(1, 7), (8, 14)]
+    assert verification._can_fork()  # outside a transaction, on a database other processes can open
+    return sequential
+
+
+@pytest.mark.django_db(transaction=True)
+def test_parallel_ranges_verify_an_intact_chain_like_one_process(ranges_of_seven):
+    result = verify(workers=3)
+    assert result.ok and result.checked == 40 == result.head_seq
+    assert result.head_hash == ranges_of_seven.head_hash == AuditEvent.objects.get(seal_seq=40).hash
+    assert VerificationRun.objects.latest().checked == 40
+    digest_seq = verify(workers=3, up_to=20, remember=[20], record=False)
+    assert digest_seq.ok and digest_seq.hashes_at[20] == AuditEvent.objects.get(seal_seq=20).hash
+
+
+@pytest.mark.django_db(transaction=True)
+def test_parallel_ranges_name_the_lowest_break_across_ranges(ranges_of_seven):
+    triggers.remove(connection)
+    try:
+        # given an edit at the first event of the second range and another in a later range
+        _sql("UPDATE audit_auditevent SET subject_label = 'edited' WHERE seal_seq IN (8, 30)")
+        result = verify(workers=3)
+        assert not result.ok and result.first_bad_seq == 8 and result.checked == 7
+
+        # given the last event of a range removed as well, before the edit
+        _sql("DELETE FROM audit_auditevent WHERE seal_seq = 7")
+        result = verify(workers=3)
+        assert not result.ok and result.first_bad_seq == 7 and "missing" in result.problem
+
+        # and the first event of the chain's first range, with the same answer as one process
+        _sql("DELETE FROM audit_auditevent WHERE seal_seq = 1")
+        assert (verify(workers=3).first_bad_seq, verify(workers=1).first_bad_seq) == (1, 1)
+    finally:
+        triggers.install(connection)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_audit_verify_command_uses_the_parallel_path(ranges_of_seven, capsys):
+    triggers.remove(connection)
+    try:
+        _sql("UPDATE audit_auditevent SET data = %s WHERE seal_seq = 22", ['{"i": 99}'])
+    finally:
+        triggers.install(connection)
+    with pytest.raises(CommandError, match="broken at seal_seq 22"):
+        call_command("audit_verify", "--workers", "3")
