@@ -301,7 +301,12 @@ class Escalation(models.Model):
                 name="escalation_unclaimed_idx",
             ),
             models.Index(fields=["case"], condition=Q(retry_pending=True), name="escalation_retry_pending_idx"),
-            models.Index(fields=["step", "reason", "amount"], name="escalation_similar_idx"),
+            # similar past escalations, newest first: walks the step's and reason's resolved ones backwards in time
+            models.Index(
+                fields=["step", "reason", "resolved_at", "id"],
+                condition=Q(status="resolved"),
+                name="escalation_similar_recent_idx",
+            ),
             # portal dashboard: queue depths, and the periods it aggregates (raised, resolved, breached)
             models.Index(fields=["queue", "claimed_by"], condition=Q(status="open"), name="escalation_open_queue_idx"),
             models.Index(fields=["created_at"], name="escalation_created_idx"),
