@@ -14,6 +14,8 @@ from typing import Any
 from governance.models import AutonomyLevel
 from governance.rules import CompiledRule, compile_rules, rule_context, rule_needs
 
+_LEVELS = frozenset(AutonomyLevel.values)  # the enum's .values builds a new list on every access
+
 
 @dataclass(frozen=True)
 class Reason:
@@ -107,10 +109,12 @@ def _escalate(policy: PolicySnapshot | None, *reasons: Reason) -> Verdict:
     )
 
 
-def evaluate(policy: PolicySnapshot | None, proposal: Any, case: dict | None = None) -> Verdict:
-    """Judge ``proposal`` (outcome, action, amount, confidence) against ``policy``; ``case`` is a plain dict view."""
+def evaluate(policy: PolicySnapshot | None, proposal: Any, case: dict | None = None, *, prepared=None) -> Verdict:
+    """Judge ``proposal`` (outcome, action, amount, confidence) against ``policy``; ``case`` is a plain dict view.
+    ``prepared`` is an optional ``rules.case_context(policy.rules_needs, case)`` of this same case, reused by callers
+    that judge many proposals of one case (it only saves converting the case into CEL values again)."""
     try:
-        return _evaluate(policy, proposal, case or {})
+        return _evaluate(policy, proposal, case or {}, prepared)
     except Exception as exc:  # fail closed: an error in the policy never lets a proposal through
         return _escalate(
             policy,
@@ -123,7 +127,7 @@ def evaluate(policy: PolicySnapshot | None, proposal: Any, case: dict | None = N
 def _check_inputs(policy: PolicySnapshot, proposal: Any) -> None:
     """Raise ValueError on a malformed policy or proposal, so that garbage is judged ``policy_error``, never allowed
     because no rule happened to look at the broken field."""
-    if policy.autonomy not in AutonomyLevel.values:
+    if policy.autonomy not in _LEVELS:
         raise ValueError(f"unknown autonomy level {policy.autonomy!r}")
     if not all(isinstance(a, str) for a in policy.allowed_actions):
         raise ValueError("the policy's allowed actions must be strings")
@@ -144,7 +148,7 @@ def _check_inputs(policy: PolicySnapshot, proposal: Any) -> None:
         raise ValueError(f"the proposal confidence {confidence!r} is not a number between 0 and 1")
 
 
-def _evaluate(policy: PolicySnapshot | None, proposal: Any, case: dict) -> Verdict:
+def _evaluate(policy: PolicySnapshot | None, proposal: Any, case: dict, prepared=None) -> Verdict:
     if policy is None:
         return _escalate(None, Reason(code="no_policy", message="The agent has no published policy."))
     _check_inputs(policy, proposal)
@@ -197,14 +201,14 @@ def _evaluate(policy: PolicySnapshot | None, proposal: Any, case: dict) -> Verdi
             )
         )
 
-    reasons.extend(_rule_reasons(policy, proposal, case, suffix))
+    reasons.extend(_rule_reasons(policy, proposal, case, suffix, prepared))
 
     if reasons:
         return _escalate(policy, *reasons)
     return Verdict(decision="allow", policy_version=policy.version, autonomy=policy.autonomy)
 
 
-def _rule_reasons(policy: PolicySnapshot, proposal: Any, case: dict, suffix: str) -> list[Reason]:
+def _rule_reasons(policy: PolicySnapshot, proposal: Any, case: dict, suffix: str, prepared=None) -> list[Reason]:
     """One reason per rule that does not hold; an error in a rule is a ``policy_error`` of that rule (fail closed)."""
     if policy.rules_error:
         return [
@@ -217,7 +221,7 @@ def _rule_reasons(policy: PolicySnapshot, proposal: Any, case: dict, suffix: str
     if not policy.compiled_rules:
         return []
     reasons = []
-    context = rule_context(policy.rules_needs, proposal, case)
+    context = rule_context(policy.rules_needs, proposal, case, prepared)
     for rule in policy.compiled_rules:
         try:
             result = rule.program.execute(context)
