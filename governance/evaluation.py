@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from governance.models import AutonomyLevel
+from governance.models import AutonomyLevel, policy_scope
 from governance.rules import CompiledRule, compile_rules, rule_context, rule_needs
 
 _LEVELS = frozenset(AutonomyLevel.values)  # the enum's .values builds a new list on every access
@@ -36,6 +36,7 @@ class Verdict:
     reasons: tuple[Reason, ...] = ()
     policy_version: int | None = None
     autonomy: str = ""
+    policy_scope: str = ""  # the workflow step the policy was narrowed to ('' for the agent's general policy)
 
     @property
     def allowed(self) -> bool:
@@ -50,6 +51,7 @@ class Verdict:
             "decision": self.decision,
             "reasons": [r.as_dict() for r in self.reasons],
             "policy_version": self.policy_version,
+            "policy_scope": self.policy_scope,
             "autonomy": self.autonomy,
         }
 
@@ -68,6 +70,8 @@ class PolicySnapshot:
     hourly_decision_limit: int | None = None
     qa_sample_rate: Decimal = Decimal(0)
     rules: tuple[dict, ...] = ()
+    workflow_key: str = ""  # with step_key: the one workflow step this policy is narrowed to
+    step_key: str = ""
     # compiled once per snapshot (snapshots are cached per process by version id)
     compiled_rules: tuple[CompiledRule, ...] = field(default=(), init=False, compare=False, repr=False)
     rules_error: str = field(default="", init=False, compare=False, repr=False)
@@ -93,7 +97,13 @@ class PolicySnapshot:
             hourly_decision_limit=version.hourly_decision_limit,
             qa_sample_rate=version.qa_sample_rate,
             rules=tuple(version.rules or ()),
+            workflow_key=version.policy.workflow_key,
+            step_key=version.policy.step_key,
         )
+
+    @property
+    def scope(self) -> str:
+        return policy_scope(self.workflow_key, self.step_key)
 
 
 def _money(value: Any) -> str:
@@ -106,6 +116,7 @@ def _escalate(policy: PolicySnapshot | None, *reasons: Reason) -> Verdict:
         reasons=tuple(reasons),
         policy_version=policy.version if policy else None,
         autonomy=policy.autonomy if policy else "",
+        policy_scope=policy.scope if policy else "",
     )
 
 
@@ -152,7 +163,7 @@ def _evaluate(policy: PolicySnapshot | None, proposal: Any, case: dict, prepared
     if policy is None:
         return _escalate(None, Reason(code="no_policy", message="The agent has no published policy."))
     _check_inputs(policy, proposal)
-    suffix = f" (policy v{policy.version})"
+    suffix = f" (policy v{policy.version}{f' of step {policy.scope}' if policy.step_key else ''})"
     if policy.autonomy == AutonomyLevel.OFF:
         return _escalate(policy, Reason(code="agent_off", message="The agent is switched off" + suffix))
 
@@ -205,7 +216,7 @@ def _evaluate(policy: PolicySnapshot | None, proposal: Any, case: dict, prepared
 
     if reasons:
         return _escalate(policy, *reasons)
-    return Verdict(decision="allow", policy_version=policy.version, autonomy=policy.autonomy)
+    return Verdict(decision="allow", policy_version=policy.version, autonomy=policy.autonomy, policy_scope=policy.scope)
 
 
 def _rule_reasons(policy: PolicySnapshot, proposal: Any, case: dict, suffix: str, prepared=None) -> list[Reason]:

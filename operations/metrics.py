@@ -253,7 +253,10 @@ def agents(since) -> list[dict]:
     used_today = budget_used_today(timezone.now())
     from governance.models import AgentPolicy
 
-    policies = {p.agent_key: p.current_version for p in AgentPolicy.objects.select_related("current_version")}
+    policies = {  # agents' general policies (a policy narrowed to one step is shown on the governance page)
+        p.agent_key: p.current_version
+        for p in AgentPolicy.objects.filter(step_key="").select_related("current_version")
+    }
     out = []
     for key in sorted(set(runs) | set(policies)):
         version = policies.get(key)

@@ -128,7 +128,7 @@ def test_backtest_judges_each_proposal_of_a_case_on_its_own_values():
             {
                 "id": "theft",
                 "expression": 'case.payload.claim_type != "theft" || proposal.amount == null '
-                '|| proposal.amount <= 500.0',
+                "|| proposal.amount <= 500.0",
                 "reason_code": "theft_cap",
                 "message": "theft over 500",
             },
