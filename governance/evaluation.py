@@ -76,8 +76,10 @@ class PolicySnapshot:
     compiled_rules: tuple[CompiledRule, ...] = field(default=(), init=False, compare=False, repr=False)
     rules_error: str = field(default="", init=False, compare=False, repr=False)
     rules_needs: dict = field(default_factory=dict, init=False, compare=False, repr=False)
+    terms_error: str = field(default="", init=False, compare=False, repr=False)  # checked once: snapshots are frozen
 
     def __post_init__(self):
+        object.__setattr__(self, "terms_error", _terms_problem(self))
         try:
             object.__setattr__(self, "compiled_rules", compile_rules(list(self.rules)))
             object.__setattr__(self, "rules_needs", rule_needs(self.compiled_rules))
@@ -135,19 +137,29 @@ def evaluate(policy: PolicySnapshot | None, proposal: Any, case: dict | None = N
         )
 
 
-def _check_inputs(policy: PolicySnapshot, proposal: Any) -> None:
-    """Raise ValueError on a malformed policy or proposal, so that garbage is judged ``policy_error``, never allowed
-    because no rule happened to look at the broken field."""
+def _terms_problem(policy: PolicySnapshot) -> str:
+    """What is malformed in a policy's terms ('' when nothing is)."""
     if policy.autonomy not in _LEVELS:
-        raise ValueError(f"unknown autonomy level {policy.autonomy!r}")
+        return f"unknown autonomy level {policy.autonomy!r}"
     if not all(isinstance(a, str) for a in policy.allowed_actions):
-        raise ValueError("the policy's allowed actions must be strings")
+        return "the policy's allowed actions must be strings"
     for name in ("max_amount", "min_confidence", "daily_amount_budget"):
         value = getattr(policy, name)
         if value is not None and (not isinstance(value, Decimal) or not value.is_finite() or value < 0):
-            raise ValueError(f"the policy's {name} {value!r} is not a non-negative amount")
+            return f"the policy's {name} {value!r} is not a non-negative amount"
     if policy.min_confidence is not None and policy.min_confidence > 1:
-        raise ValueError(f"the policy's min_confidence {policy.min_confidence} is above 1")
+        return f"the policy's min_confidence {policy.min_confidence} is above 1"
+    return ""
+
+
+def _check_inputs(policy: PolicySnapshot, proposal: Any) -> None:
+    """Raise ValueError on a malformed policy or proposal, so that garbage is judged ``policy_error``, never allowed
+    because no rule happened to look at the broken field."""
+    problem = getattr(policy, "terms_error", None)
+    if problem is None:  # not a PolicySnapshot: check its terms now
+        problem = _terms_problem(policy)
+    if problem:
+        raise ValueError(problem)
     for name in ("outcome", "action"):
         if not isinstance(getattr(proposal, name, None), str):
             raise ValueError(f"the proposal's {name} is not a string")
@@ -155,7 +167,7 @@ def _check_inputs(policy: PolicySnapshot, proposal: Any) -> None:
     if amount is not None and (not isinstance(amount, Decimal) or not amount.is_finite() or amount < 0):
         raise ValueError(f"the proposal amount {amount!r} is not a non-negative Decimal")
     confidence = getattr(proposal, "confidence", None)
-    if isinstance(confidence, bool) or not isinstance(confidence, int | float | Decimal) or not 0 <= confidence <= 1:
+    if isinstance(confidence, bool) or not isinstance(confidence, (int, float, Decimal)) or not 0 <= confidence <= 1:
         raise ValueError(f"the proposal confidence {confidence!r} is not a number between 0 and 1")
 
 
