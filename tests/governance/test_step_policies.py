@@ -156,3 +156,41 @@ def test_admin_portal_and_api_show_the_scope(two_workflows, client):
     assert "only at step narrow/b" in client.get("/admin/governance/agentpolicy/").content.decode()
     page = client.get("/governance/").content.decode()
     assert "only at step <code>narrow/b</code>" in page and "all steps" in page
+
+
+def test_demotion_demotes_every_bounded_policy_of_the_agent_including_narrowed_ones(two_workflows, settings):
+    from django.utils import timezone
+
+    from governance.models import HumanJudgement
+    from governance.services import demotion_check
+
+    settings.SELFOPS_GOVERNANCE = {
+        **settings.SELFOPS_GOVERNANCE,
+        "DEMOTE_MIN_DECISIONS": 4,
+        "DEMOTE_OVERRIDE_RATE": 0.3,
+        "DEMOTE_WINDOW_HOURS": 24,
+    }
+    # given a narrowed bounded policy at narrow/b and one in shadow at narrow/a, beside the general bounded one
+    policy_publish(agent_key="test.narrow", workflow_key="narrow", step_key="b", actor=admin, max_amount=500)
+    policy_publish(agent_key="test.narrow", workflow_key="narrow", step_key="a", actor=admin, autonomy="shadow")
+    # when humans overrode 2 of its last 4 decisions
+    HumanJudgement.objects.bulk_create(
+        HumanJudgement(
+            agent_key="test.narrow",
+            autonomy="bounded",
+            source="qa",
+            subject=f"t:{i}",
+            agreed=i < 2,
+            decided_by="t",
+            decided_at=timezone.now(),
+        )
+        for i in range(4)
+    )
+    demotion_check(agent_key="test.narrow")
+    # then both bounded policies are supervised now (the narrowed one keeps its limit); shadow stays shadow
+    assert policy_for_agent("test.narrow").autonomy == "supervised"
+    narrowed_b = policy_for_agent("test.narrow", workflow_key="narrow", step_key="b")
+    assert (narrowed_b.autonomy, narrowed_b.max_amount, narrowed_b.version) == ("supervised", 500, 2)
+    assert policy_for_agent("test.narrow", workflow_key="narrow", step_key="a").autonomy == "shadow"
+    scopes = AuditEvent.objects.filter(action=AuditAction.POLICY_DEMOTED).values_list("data__scope", flat=True)
+    assert sorted(scopes) == ["", "narrow/b"]
