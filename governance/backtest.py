@@ -4,7 +4,9 @@ Each recorded ``StepRun`` holds the agent's proposal and the verdict it got; the
 ``evaluate()`` on the proposal and the case as submitted (payload, reference, workflow). Budgets and rates are not
 replayed (they depend on the order and timing of live traffic), and the case ``context`` at decision time is not
 recorded, so rules see the case's context as it is now (earlier steps' decisions are in it). Rows are streamed with
-``values_list().iterator()``, so memory stays flat.
+``values_list().iterator()`` and judged in batches, so memory stays flat: only the proposal fields a verdict needs are
+fetched (extracted as text by the database), the cases of a batch in one query, and each case is converted into CEL
+values once however many of its proposals are judged.
 """
 
 from __future__ import annotations
@@ -106,10 +108,8 @@ def backtest(draft_terms: dict, agent_key: str, since: datetime, until: datetime
     step_run = apps.get_model("operations", "StepRun")
     report = BacktestReport(agent_key=agent_key, since=since, until=until)
     t0 = time.perf_counter()
-    # Only the proposal's fields are fetched (as text, extracted by the database), not its whole JSON; the cases a
-    # draft rule reads are fetched once per batch of proposals, and each case is converted into CEL values once.
     needs = draft.rules_needs
-    wanted = needs.get("proposal", {}) if "proposal" in needs else {}
+    wanted = needs.get("proposal", {})  # None: a rule reads the proposal whole
     with_data = wanted is None or "data" in wanted
     with_rationale = wanted is None or "rationale" in wanted
     fields = [
