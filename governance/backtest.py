@@ -18,7 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.apps import apps
-from django.db.models import JSONField, Value
+from django.db.models import Value
 from django.db.models.fields.json import KT
 
 from governance.evaluation import PolicySnapshot, evaluate
@@ -120,7 +120,7 @@ def backtest(draft_terms: dict, agent_key: str, since: datetime, until: datetime
         KT("proposal__amount"),
         KT("proposal__confidence"),
         KT("proposal__rationale") if with_rationale else Value(""),
-        "proposal__data" if with_data else Value(None, output_field=JSONField()),
+        "proposal__data" if with_data else Value(""),  # not fetched: no rule reads it (a JSON null would be decoded)
     ]
     rows = (
         step_run.objects.filter(
