@@ -14,6 +14,7 @@ from governance.services import (
     POLICY_FIELDS,
     cost_budget_set,
     policy_publish,
+    policy_scope_check,
     policy_terms,
     stop_engage,
     stop_release,
@@ -41,14 +42,31 @@ class AgentPolicyForm(forms.ModelForm, PolicyTermsForm):
 
     class Meta:
         model = AgentPolicy
-        fields = ["agent_key", "name"]
+        fields = ["agent_key", "workflow_key", "step_key", "name"]
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         if self.instance.pk and "agent_key" in self.fields:  # a view-only user's form has no fields
-            self.fields["agent_key"].disabled = True
+            for name in ("agent_key", "workflow_key", "step_key"):  # a policy's scope is fixed once it exists
+                self.fields[name].disabled = True
             if self.instance.current_version_id:
                 self.initial.update(policy_terms(self.instance.current_version))
+
+    def clean(self):
+        data = super().clean()
+        if not self.instance.pk and data.get("agent_key"):
+            try:
+                policy_scope_check(
+                    agent_key=data["agent_key"],
+                    workflow_key=data.get("workflow_key", ""),
+                    step_key=data.get("step_key", ""),
+                )
+            except GovernanceError as exc:
+                for name, problem in exc.fields.items():
+                    self.add_error(name if name in self.fields else None, problem)
+                if not exc.fields:
+                    self.add_error(None, exc.message)
+        return data
 
     def terms(self) -> dict:
         data = self.cleaned_data
@@ -58,10 +76,15 @@ class AgentPolicyForm(forms.ModelForm, PolicyTermsForm):
 @admin.register(AgentPolicy)
 class AgentPolicyAdmin(admin.ModelAdmin):
     form = AgentPolicyForm
-    list_display = ("agent_key", "name", "current_version")
+    list_display = ("agent_key", "scope_label", "name", "current_version")
+    list_filter = ("agent_key",)
     inlines = [PolicyVersionInline]
     fieldsets = (
         (None, {"fields": ("agent_key", "name", "note")}),
+        (
+            "Scope (optional): narrow this policy to one workflow step",
+            {"fields": ("workflow_key", "step_key")},
+        ),
         (
             "Terms of the new version",
             {
@@ -91,11 +114,17 @@ class AgentPolicyAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         return False
 
+    @admin.display(description="scope", ordering="step_key")
+    def scope_label(self, obj):
+        return f"only at step {obj.scope}" if obj.step_key else "all steps"
+
     def save_model(self, request, obj, form, change):
         # Saving publishes a new immutable version through the service (versioned and audited), never a raw save.
         try:
             version = policy_publish(
                 agent_key=form.cleaned_data.get("agent_key") or obj.agent_key,
+                workflow_key=form.cleaned_data.get("workflow_key") or obj.workflow_key,
+                step_key=form.cleaned_data.get("step_key") or obj.step_key,
                 name=form.cleaned_data.get("name", ""),
                 note=form.cleaned_data.get("note", ""),
                 actor=Actor.user(request.user),

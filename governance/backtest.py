@@ -4,7 +4,9 @@ Each recorded ``StepRun`` holds the agent's proposal and the verdict it got; the
 ``evaluate()`` on the proposal and the case as submitted (payload, reference, workflow). Budgets and rates are not
 replayed (they depend on the order and timing of live traffic), and the case ``context`` at decision time is not
 recorded, so rules see the case's context as it is now (earlier steps' decisions are in it). Rows are streamed with
-``values_list().iterator()``, so memory stays flat.
+``values_list().iterator()`` and judged in batches, so memory stays flat: only the proposal fields a verdict needs are
+fetched (extracted as text by the database), the cases of a batch in one query, and each case is converted into CEL
+values once however many of its proposals are judged.
 """
 
 from __future__ import annotations
@@ -16,14 +18,18 @@ from decimal import Decimal
 from typing import Any
 
 from django.apps import apps
+from django.db.models import Value
+from django.db.models.fields.json import KT
 
 from governance.evaluation import PolicySnapshot, evaluate
-from governance.rules import rule_errors
+from governance.rules import case_context, rule_errors
 
 SAMPLES = 10
+BATCH = 5000
+CASE_FIELDS = ["reference", "workflow__key", "payload", "context"]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs twice as much, and there is one per row
 class _Recorded:
     outcome: str
     action: str
@@ -79,16 +85,20 @@ def draft_snapshot(agent_key: str, terms: dict) -> PolicySnapshot:
     )
 
 
-def _proposal(data: dict) -> _Recorded:
-    amount = data.get("amount")
-    return _Recorded(
-        outcome=data.get("outcome", ""),
-        action=data.get("action", ""),
-        amount=Decimal(amount) if amount not in (None, "") else None,
-        confidence=float(data.get("confidence", 1.0)),
-        rationale=data.get("rationale", ""),
-        data=data.get("data") or {},
-    )
+_ABSENT = (None, "", "null")  # SQLite's ->> gives 'null' for a JSON null, PostgreSQL's gives NULL
+
+
+def _amount(text: str | None) -> Decimal | None:
+    return Decimal(text) if text not in _ABSENT else None
+
+
+def _case_views(case_ids, fields: list[str]) -> dict[int, dict]:
+    """The plain views of some cases (what ``operations.engine.case_view`` gives rules), in one query."""
+    rows = apps.get_model("operations", "Case").objects.filter(pk__in=case_ids).values_list("pk", *fields)
+    return {
+        pk: {"id": pk, "reference": ref, "workflow": wf, "payload": payload, "context": context or {}}
+        for pk, ref, wf, payload, context in rows
+    }
 
 
 def backtest(draft_terms: dict, agent_key: str, since: datetime, until: datetime) -> BacktestReport:
@@ -98,11 +108,20 @@ def backtest(draft_terms: dict, agent_key: str, since: datetime, until: datetime
     step_run = apps.get_model("operations", "StepRun")
     report = BacktestReport(agent_key=agent_key, since=since, until=until)
     t0 = time.perf_counter()
-    # Decoding each case's payload and context is most of the cost: fetch them only when a draft rule reads the case.
-    needs_case = "case" in draft.rules_needs
-    fields = ["case_id", "proposal", "verdict__decision"]
-    if needs_case:
-        fields += ["case__reference", "case__workflow__key", "case__payload", "case__context"]
+    needs = draft.rules_needs
+    wanted = needs.get("proposal", {})  # None: a rule reads the proposal whole
+    with_data = wanted is None or "data" in wanted
+    with_rationale = wanted is None or "rationale" in wanted
+    fields = [
+        "case_id",
+        KT("verdict__decision"),
+        KT("proposal__outcome"),
+        KT("proposal__action"),
+        KT("proposal__amount"),
+        KT("proposal__confidence"),
+        KT("proposal__rationale") if with_rationale else Value(""),
+        "proposal__data" if with_data else Value(""),  # not fetched: no rule reads it (a JSON null would be decoded)
+    ]
     rows = (
         step_run.objects.filter(
             agent_key=agent_key, started_at__gte=since, started_at__lt=until, proposal__isnull=False
@@ -110,20 +129,56 @@ def backtest(draft_terms: dict, agent_key: str, since: datetime, until: datetime
         .exclude(verdict__isnull=True)
         .order_by()
         .values_list(*fields)
-        .iterator(chunk_size=5000)
+        .iterator(chunk_size=BATCH)
     )
-    reasons_after = report.reasons_after
-    case: dict[str, Any] = {"payload": {}, "context": {}}
+    for batch in _batches(rows, BATCH):
+        _judge_batch(draft, batch, report)
+    samples = report.samples_allow_to_escalate + report.samples_escalate_to_allow
+    references = dict(
+        apps.get_model("operations", "Case")
+        .objects.filter(pk__in={s["case_id"] for s in samples})
+        .values_list("pk", "reference")
+    )
+    for sample in samples:
+        sample["reference"] = references.get(sample["case_id"], "")
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _batches(rows, size: int):
+    batch = []
     for row in rows:
-        case_id, proposal_data, decision = row[:3]
-        if needs_case:
-            case = {"id": case_id, "reference": row[3], "workflow": row[4], "payload": row[5], "context": row[6] or {}}
-        else:
-            case["id"] = case_id
-        report.proposals += 1
+        batch.append(row)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _judge_batch(draft: PolicySnapshot, batch: list[tuple], report: BacktestReport) -> None:
+    needs_case = "case" in draft.rules_needs
+    views = _case_views({row[0] for row in batch}, CASE_FIELDS) if needs_case else {}
+    prepared: dict[int, Any] = {}  # case id -> its CEL context, built once per case in this batch
+    reasons_after = report.reasons_after
+    for case_id, decision, outcome, action, amount_text, confidence, rationale, data in batch:
+        case = views.get(case_id) or {"id": case_id, "payload": {}, "context": {}}
+        context = None
+        if draft.compiled_rules:
+            context = prepared.get(case_id)
+            if context is None:
+                context = prepared[case_id] = case_context(draft.rules_needs, case)
+        proposal = _Recorded(
+            outcome=outcome or "",
+            action=action or "",
+            amount=_amount(amount_text),
+            confidence=float(confidence) if confidence not in _ABSENT else 1.0,
+            rationale=rationale or "",
+            data=data or {},
+        )
+        verdict = evaluate(draft, proposal, case, prepared=context)
         was_allowed = decision == "allow"
-        proposal = _proposal(proposal_data)
-        verdict = evaluate(draft, proposal, case)
+        report.proposals += 1
         report.allowed_before += was_allowed
         report.allowed_after += verdict.allowed
         for reason in verdict.reasons:
@@ -147,13 +202,3 @@ def backtest(draft_terms: dict, agent_key: str, since: datetime, until: datetime
             report.amount_escalate_to_allow += amount
             if len(report.samples_escalate_to_allow) < SAMPLES:
                 report.samples_escalate_to_allow.append(sample)
-    samples = report.samples_allow_to_escalate + report.samples_escalate_to_allow
-    references = dict(
-        apps.get_model("operations", "Case")
-        .objects.filter(pk__in={s["case_id"] for s in samples})
-        .values_list("pk", "reference")
-    )
-    for sample in samples:
-        sample["reference"] = references.get(sample["case_id"], "")
-    report.seconds = time.perf_counter() - t0
-    return report

@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from governance.models import AutonomyLevel
+from governance.models import AutonomyLevel, policy_scope
 from governance.rules import CompiledRule, compile_rules, rule_context, rule_needs
+
+_LEVELS = frozenset(AutonomyLevel.values)  # the enum's .values builds a new list on every access
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class Verdict:
     reasons: tuple[Reason, ...] = ()
     policy_version: int | None = None
     autonomy: str = ""
+    policy_scope: str = ""  # the workflow step the policy was narrowed to ('' for the agent's general policy)
 
     @property
     def allowed(self) -> bool:
@@ -48,6 +51,7 @@ class Verdict:
             "decision": self.decision,
             "reasons": [r.as_dict() for r in self.reasons],
             "policy_version": self.policy_version,
+            "policy_scope": self.policy_scope,
             "autonomy": self.autonomy,
         }
 
@@ -66,12 +70,16 @@ class PolicySnapshot:
     hourly_decision_limit: int | None = None
     qa_sample_rate: Decimal = Decimal(0)
     rules: tuple[dict, ...] = ()
+    workflow_key: str = ""  # with step_key: the one workflow step this policy is narrowed to
+    step_key: str = ""
     # compiled once per snapshot (snapshots are cached per process by version id)
     compiled_rules: tuple[CompiledRule, ...] = field(default=(), init=False, compare=False, repr=False)
     rules_error: str = field(default="", init=False, compare=False, repr=False)
     rules_needs: dict = field(default_factory=dict, init=False, compare=False, repr=False)
+    terms_error: str = field(default="", init=False, compare=False, repr=False)  # checked once: snapshots are frozen
 
     def __post_init__(self):
+        object.__setattr__(self, "terms_error", _terms_problem(self))
         try:
             object.__setattr__(self, "compiled_rules", compile_rules(list(self.rules)))
             object.__setattr__(self, "rules_needs", rule_needs(self.compiled_rules))
@@ -91,7 +99,13 @@ class PolicySnapshot:
             hourly_decision_limit=version.hourly_decision_limit,
             qa_sample_rate=version.qa_sample_rate,
             rules=tuple(version.rules or ()),
+            workflow_key=version.policy.workflow_key,
+            step_key=version.policy.step_key,
         )
+
+    @property
+    def scope(self) -> str:
+        return policy_scope(self.workflow_key, self.step_key)
 
 
 def _money(value: Any) -> str:
@@ -104,13 +118,16 @@ def _escalate(policy: PolicySnapshot | None, *reasons: Reason) -> Verdict:
         reasons=tuple(reasons),
         policy_version=policy.version if policy else None,
         autonomy=policy.autonomy if policy else "",
+        policy_scope=policy.scope if policy else "",
     )
 
 
-def evaluate(policy: PolicySnapshot | None, proposal: Any, case: dict | None = None) -> Verdict:
-    """Judge ``proposal`` (outcome, action, amount, confidence) against ``policy``; ``case`` is a plain dict view."""
+def evaluate(policy: PolicySnapshot | None, proposal: Any, case: dict | None = None, *, prepared=None) -> Verdict:
+    """Judge ``proposal`` (outcome, action, amount, confidence) against ``policy``; ``case`` is a plain dict view.
+    ``prepared`` is an optional ``rules.case_context(policy.rules_needs, case)`` of this same case, reused by callers
+    that judge many proposals of one case (it only saves converting the case into CEL values again)."""
     try:
-        return _evaluate(policy, proposal, case or {})
+        return _evaluate(policy, proposal, case or {}, prepared)
     except Exception as exc:  # fail closed: an error in the policy never lets a proposal through
         return _escalate(
             policy,
@@ -120,19 +137,29 @@ def evaluate(policy: PolicySnapshot | None, proposal: Any, case: dict | None = N
         )
 
 
-def _check_inputs(policy: PolicySnapshot, proposal: Any) -> None:
-    """Raise ValueError on a malformed policy or proposal, so that garbage is judged ``policy_error``, never allowed
-    because no rule happened to look at the broken field."""
-    if policy.autonomy not in AutonomyLevel.values:
-        raise ValueError(f"unknown autonomy level {policy.autonomy!r}")
+def _terms_problem(policy: PolicySnapshot) -> str:
+    """What is malformed in a policy's terms ('' when nothing is)."""
+    if policy.autonomy not in _LEVELS:
+        return f"unknown autonomy level {policy.autonomy!r}"
     if not all(isinstance(a, str) for a in policy.allowed_actions):
-        raise ValueError("the policy's allowed actions must be strings")
+        return "the policy's allowed actions must be strings"
     for name in ("max_amount", "min_confidence", "daily_amount_budget"):
         value = getattr(policy, name)
         if value is not None and (not isinstance(value, Decimal) or not value.is_finite() or value < 0):
-            raise ValueError(f"the policy's {name} {value!r} is not a non-negative amount")
+            return f"the policy's {name} {value!r} is not a non-negative amount"
     if policy.min_confidence is not None and policy.min_confidence > 1:
-        raise ValueError(f"the policy's min_confidence {policy.min_confidence} is above 1")
+        return f"the policy's min_confidence {policy.min_confidence} is above 1"
+    return ""
+
+
+def _check_inputs(policy: PolicySnapshot, proposal: Any) -> None:
+    """Raise ValueError on a malformed policy or proposal, so that garbage is judged ``policy_error``, never allowed
+    because no rule happened to look at the broken field."""
+    problem = getattr(policy, "terms_error", None)
+    if problem is None:  # not a PolicySnapshot: check its terms now
+        problem = _terms_problem(policy)
+    if problem:
+        raise ValueError(problem)
     for name in ("outcome", "action"):
         if not isinstance(getattr(proposal, name, None), str):
             raise ValueError(f"the proposal's {name} is not a string")
@@ -140,15 +167,15 @@ def _check_inputs(policy: PolicySnapshot, proposal: Any) -> None:
     if amount is not None and (not isinstance(amount, Decimal) or not amount.is_finite() or amount < 0):
         raise ValueError(f"the proposal amount {amount!r} is not a non-negative Decimal")
     confidence = getattr(proposal, "confidence", None)
-    if isinstance(confidence, bool) or not isinstance(confidence, int | float | Decimal) or not 0 <= confidence <= 1:
+    if isinstance(confidence, bool) or not isinstance(confidence, (int, float, Decimal)) or not 0 <= confidence <= 1:
         raise ValueError(f"the proposal confidence {confidence!r} is not a number between 0 and 1")
 
 
-def _evaluate(policy: PolicySnapshot | None, proposal: Any, case: dict) -> Verdict:
+def _evaluate(policy: PolicySnapshot | None, proposal: Any, case: dict, prepared=None) -> Verdict:
     if policy is None:
         return _escalate(None, Reason(code="no_policy", message="The agent has no published policy."))
     _check_inputs(policy, proposal)
-    suffix = f" (policy v{policy.version})"
+    suffix = f" (policy v{policy.version}{f' of step {policy.scope}' if policy.step_key else ''})"
     if policy.autonomy == AutonomyLevel.OFF:
         return _escalate(policy, Reason(code="agent_off", message="The agent is switched off" + suffix))
 
@@ -197,14 +224,14 @@ def _evaluate(policy: PolicySnapshot | None, proposal: Any, case: dict) -> Verdi
             )
         )
 
-    reasons.extend(_rule_reasons(policy, proposal, case, suffix))
+    reasons.extend(_rule_reasons(policy, proposal, case, suffix, prepared))
 
     if reasons:
         return _escalate(policy, *reasons)
-    return Verdict(decision="allow", policy_version=policy.version, autonomy=policy.autonomy)
+    return Verdict(decision="allow", policy_version=policy.version, autonomy=policy.autonomy, policy_scope=policy.scope)
 
 
-def _rule_reasons(policy: PolicySnapshot, proposal: Any, case: dict, suffix: str) -> list[Reason]:
+def _rule_reasons(policy: PolicySnapshot, proposal: Any, case: dict, suffix: str, prepared=None) -> list[Reason]:
     """One reason per rule that does not hold; an error in a rule is a ``policy_error`` of that rule (fail closed)."""
     if policy.rules_error:
         return [
@@ -217,7 +244,7 @@ def _rule_reasons(policy: PolicySnapshot, proposal: Any, case: dict, suffix: str
     if not policy.compiled_rules:
         return []
     reasons = []
-    context = rule_context(policy.rules_needs, proposal, case)
+    context = rule_context(policy.rules_needs, proposal, case, prepared)
     for rule in policy.compiled_rules:
         try:
             result = rule.program.execute(context)

@@ -12,9 +12,15 @@ class AutonomyLevel(models.TextChoices):
 
 class AgentPolicy(models.Model):
     """The standing authority of one agent: what it may decide alone. Its terms live in immutable versions;
-    ``current_version`` is the one new steps use."""
+    ``current_version`` is the one new steps use. A policy either covers every step the agent runs (no workflow
+    step named) or is narrowed to one workflow step; when that step runs, its narrowed policy applies instead of the
+    agent's general one."""
 
-    agent_key = models.CharField(max_length=100, unique=True)
+    agent_key = models.CharField(max_length=100)
+    workflow_key = models.CharField(
+        max_length=100, blank=True, help_text="With a step key: narrow this policy to one workflow step."
+    )
+    step_key = models.CharField(max_length=100, blank=True, help_text="Empty: every step the agent runs.")
     name = models.CharField(max_length=200, blank=True)
     current_version = models.ForeignKey(
         "PolicyVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
@@ -23,9 +29,31 @@ class AgentPolicy(models.Model):
 
     class Meta:
         verbose_name_plural = "agent policies"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["agent_key", "workflow_key", "step_key"],
+                name="agent_policy_unique_scope",
+                violation_error_message="This agent already has a policy for that scope.",
+            ),
+            models.CheckConstraint(
+                condition=Q(workflow_key="", step_key="") | (~Q(workflow_key="") & ~Q(step_key="")),
+                name="agent_policy_step_in_workflow",
+                violation_error_message="A narrowed policy names both a workflow and one of its steps.",
+            ),
+        ]
 
     def __str__(self) -> str:
-        return self.name or self.agent_key
+        label = self.name or self.agent_key
+        return f"{label} @ {self.scope}" if self.step_key else label
+
+    @property
+    def scope(self) -> str:
+        """``workflow/step`` for a narrowed policy, '' for the agent's general one."""
+        return policy_scope(self.workflow_key, self.step_key)
+
+
+def policy_scope(workflow_key: str, step_key: str) -> str:
+    return f"{workflow_key}/{step_key}" if step_key else ""
 
 
 class PolicyVersion(models.Model):

@@ -164,16 +164,35 @@ def _project(value: Any, wanted: dict | None) -> Any:
     return {name: _project(value[name], sub) for name, sub in wanted.items() if name in value}
 
 
-def rule_context(needs: dict, proposal: Any, case: dict) -> cel.Context:
-    """The variables rules see, built once per proposal with only the fields some rule names: converting each map
-    entry into a CEL value costs microseconds, far more than evaluating the rule itself."""
-    proposal_view = {
-        "outcome": proposal.outcome,
-        "action": proposal.action,
-        "amount": _number(proposal.amount),
-        "confidence": _number(proposal.confidence),
-        "rationale": getattr(proposal, "rationale", ""),
-        "data": getattr(proposal, "data", None) or {},
-    }
-    sources = {"proposal": proposal_view, "case": case}
-    return cel.Context({name: _project(sources[name], sub) for name, sub in needs.items()})
+def _proposal_view(wanted: dict | None, proposal: Any) -> dict:
+    """The ``proposal`` variable with only the fields rules read (``None``: all of them)."""
+    if wanted is None:
+        wanted = dict.fromkeys(KNOWN_FIELDS["proposal"])
+    view = {}
+    for name, sub in wanted.items():
+        if name in ("amount", "confidence"):
+            view[name] = _number(getattr(proposal, name, None))
+        elif name == "rationale":
+            view[name] = getattr(proposal, "rationale", "")
+        elif name == "data":
+            view[name] = _project(getattr(proposal, "data", None) or {}, sub)
+        else:
+            view[name] = getattr(proposal, name)
+    return view
+
+
+def case_context(needs: dict, case: dict) -> cel.Context:
+    """A CEL context holding only the ``case`` fields rules read. Converting a map into CEL values costs far more
+    than evaluating a rule, so a caller judging several proposals of one case (the backtest) builds this once per
+    case and hands it to ``rule_context``."""
+    return cel.Context({"case": _project(case, needs["case"])} if "case" in needs else {})
+
+
+def rule_context(needs: dict, proposal: Any, case: dict, prepared: cel.Context | None = None) -> cel.Context:
+    """The variables rules see, with only the fields some rule names. ``prepared`` (from ``case_context``, for this
+    same case) already holds the case: only the proposal is added to it."""
+    if prepared is None:
+        prepared = case_context(needs, case)
+    if "proposal" in needs:
+        prepared.add_variable("proposal", _proposal_view(needs["proposal"], proposal))
+    return prepared

@@ -26,12 +26,23 @@ from governance.models import (
 _snapshots: dict[int, PolicySnapshot] = {}
 
 
-def policy_for_agent(agent_key: str) -> PolicySnapshot | None:
-    """The agent's current policy. One small query for the current version id; the snapshot itself is cached per
-    process by version id, and versions are immutable, so a published change is seen by the next step."""
-    version_id = AgentPolicy.objects.filter(agent_key=agent_key).values_list("current_version_id", flat=True).first()
-    if version_id is None:
-        return None
+def policy_for_agent(agent_key: str, *, workflow_key: str = "", step_key: str = "") -> PolicySnapshot | None:
+    """The policy that applies to ``agent_key`` at a workflow step: the one narrowed to that step if there is one,
+    else the agent's general policy (without a step: the general policy). One small query; the snapshot itself is
+    cached per process by version id, and versions are immutable, so a published change is seen by the next step."""
+    scopes = Q(workflow_key="", step_key="")
+    if step_key:
+        scopes |= Q(workflow_key=workflow_key, step_key=step_key)
+    current = dict(
+        AgentPolicy.objects.filter(scopes, agent_key=agent_key, current_version__isnull=False).values_list(
+            "step_key", "current_version_id"
+        )
+    )
+    version_id = current.get(step_key) if step_key and step_key in current else current.get("")
+    return _snapshot(version_id) if version_id is not None else None
+
+
+def _snapshot(version_id: int) -> PolicySnapshot:
     snapshot = _snapshots.get(version_id)
     if snapshot is None:
         snapshot = PolicySnapshot.from_version(PolicyVersion.objects.select_related("policy").get(pk=version_id))
@@ -61,16 +72,37 @@ def clear_caches() -> None:
     _snapshots.clear()
 
 
-def current_policies() -> dict[str, PolicySnapshot]:
-    """Every agent's current policy in one query (snapshots cached per process by immutable version id)."""
-    current = dict(
-        AgentPolicy.objects.filter(current_version__isnull=False).values_list("agent_key", "current_version_id")
-    )
+class CurrentPolicies:
+    """Every current policy, read in one query (snapshots cached per process by immutable version id). ``get`` gives
+    the policy that applies at a workflow step: the one narrowed to that step, else the agent's general one."""
+
+    def __init__(self, snapshots: dict[tuple[str, str, str], PolicySnapshot]):
+        self._by_scope = snapshots
+
+    def get(self, agent_key: str, workflow_key: str = "", step_key: str = "") -> PolicySnapshot | None:
+        if step_key and (narrowed := self._by_scope.get((agent_key, workflow_key, step_key))) is not None:
+            return narrowed
+        return self._by_scope.get((agent_key, "", ""))
+
+
+def current_policies() -> CurrentPolicies:
+    """Every current policy in one query (see ``CurrentPolicies``)."""
+    current = {
+        (agent, workflow, step): vid
+        for agent, workflow, step, vid in AgentPolicy.objects.filter(current_version__isnull=False).values_list(
+            "agent_key", "workflow_key", "step_key", "current_version_id"
+        )
+    }
     missing = [vid for vid in current.values() if vid not in _snapshots]
     if missing:
         for version in PolicyVersion.objects.select_related("policy").filter(pk__in=missing):
             _snapshots[version.pk] = PolicySnapshot.from_version(version)
-    return {key: _snapshots[vid] for key, vid in current.items()}
+    return CurrentPolicies({scope: _snapshots[vid] for scope, vid in current.items()})
+
+
+def general_policy(agent_key: str):
+    """The agent's general policy row (not narrowed to a step), as a queryset to chain on."""
+    return AgentPolicy.objects.filter(agent_key=agent_key, workflow_key="", step_key="")
 
 
 def cost_budget_exhausted(agent_key: str, *, today=None) -> dict | None:
@@ -101,9 +133,7 @@ def agent_standing(agent_key: str) -> dict:
     """How far humans agree with the agent at its current autonomy level: agreement over its last N judgements at
     that level, the Wilson interval, and whether it is eligible for promotion (and why not)."""
     conf = settings.SELFOPS_GOVERNANCE
-    autonomy = (
-        AgentPolicy.objects.filter(agent_key=agent_key).values_list("current_version__autonomy", flat=True).first()
-    )
+    autonomy = general_policy(agent_key).values_list("current_version__autonomy", flat=True).first()
     recent = list(
         HumanJudgement.objects.filter(agent_key=agent_key, autonomy=autonomy or "")
         .order_by("-decided_at", "-id")
@@ -158,15 +188,20 @@ def governance_overview(now: datetime | None = None) -> list[dict]:
     stopped = set(StopSwitch.objects.filter(engaged=True, scope=StopScope.AGENT).values_list("target", flat=True))
     open_qa = dict(QAReview.objects.filter(status="open").values_list("agent_key").annotate(n=Count("id")).order_by())
     rows = []
-    for policy in AgentPolicy.objects.select_related("current_version").order_by("agent_key"):
+    standings: dict[str, dict] = {}
+    for policy in AgentPolicy.objects.select_related("current_version").order_by(
+        "agent_key", "workflow_key", "step_key"
+    ):
         version = policy.current_version
+        if policy.agent_key not in standings:
+            standings[policy.agent_key] = agent_standing(policy.agent_key)
         rows.append(
             {
                 "policy": policy,
                 "version": version,
                 "used_today": usage.get((policy.agent_key, BudgetPeriod.DAY), 0),
                 "decisions_this_hour": usage.get((policy.agent_key, BudgetPeriod.HOUR), 0),
-                "standing": agent_standing(policy.agent_key),
+                "standing": standings[policy.agent_key],
                 "stopped": policy.agent_key in stopped,
                 "open_qa": open_qa.get(policy.agent_key, 0),
             }

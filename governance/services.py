@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from django.apps import apps
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
@@ -33,6 +34,7 @@ from governance.models import (
     StopSwitch,
 )
 from governance.rules import rule_errors
+from governance.selectors import general_policy
 from governance.signals import stop_released
 
 POLICY_FIELDS = (
@@ -67,9 +69,13 @@ def policy_publish(
     hourly_decision_limit: int | None = None,
     qa_sample_rate: Decimal = Decimal(0),
     rules: list[dict] | None = None,
+    workflow_key: str = "",
+    step_key: str = "",
 ) -> PolicyVersion:
     """Publish a new immutable version of ``agent_key``'s policy and make it current; steps already deciding keep
-    the version they started with."""
+    the version they started with. With ``workflow_key`` and ``step_key`` the policy is narrowed to that workflow
+    step (which the agent must run): it applies there instead of the agent's general policy."""
+    policy_scope_check(agent_key=agent_key, workflow_key=workflow_key, step_key=step_key)
     if autonomy not in AutonomyLevel.values:
         raise GovernanceError(f"unknown autonomy level {autonomy!r}", fields={"autonomy": "unknown level"})
     if errors := rule_errors(rules):
@@ -88,7 +94,9 @@ def policy_publish(
         created_by=actor.label,
     )
     with transaction.atomic():
-        policy, _ = AgentPolicy.objects.select_for_update().get_or_create(agent_key=agent_key)
+        policy, _ = AgentPolicy.objects.select_for_update().get_or_create(
+            agent_key=agent_key, workflow_key=workflow_key, step_key=step_key
+        )
         if name and policy.name != name:
             policy.name = name
         previous = policy.current_version
@@ -110,12 +118,31 @@ def policy_publish(
             subject=policy,
             data={
                 "version": version.number,
+                "scope": policy.scope,
                 "before": _version_terms(previous),
                 "after": _version_terms(version),
                 "note": note,
             },
         )
     return version
+
+
+def policy_scope_check(*, agent_key: str, workflow_key: str, step_key: str) -> None:
+    """Raise ``GovernanceError`` unless the scope is general (no step) or one step of an installed workflow that
+    this agent runs."""
+    if not workflow_key and not step_key:
+        return
+    if not workflow_key or not step_key:
+        raise GovernanceError(
+            "a policy narrowed to a step names both the workflow and the step",
+            fields={"workflow_key" if not workflow_key else "step_key": "required with the other"},
+        )
+    step = apps.get_model("operations", "Step")
+    if not step.objects.filter(workflow__key=workflow_key, key=step_key, agent_key=agent_key).exists():
+        raise GovernanceError(
+            f"no installed workflow '{workflow_key}' has a step '{step_key}' run by agent '{agent_key}'",
+            fields={"step_key": "not a step of this agent in that workflow"},
+        )
 
 
 def _switch(scope: str, target: str) -> StopSwitch:
@@ -438,7 +465,7 @@ def decision_record_agreement(
         decision = {"outcome": reject_outcome or "@reject"}
     else:
         agreed = _same_decision(proposal, decision)
-    current = AgentPolicy.objects.filter(agent_key=agent_key).values_list("current_version__number", flat=True).first()
+    current = general_policy(agent_key).values_list("current_version__number", flat=True).first()
     _judge(
         agent_key=agent_key,
         source=source,
@@ -457,11 +484,7 @@ def decision_record_agreement(
 
 
 def _consume_approval(agent_key: str, amount: Decimal) -> dict:
-    budget = (
-        AgentPolicy.objects.filter(agent_key=agent_key)
-        .values_list("current_version__daily_amount_budget", flat=True)
-        .first()
-    )
+    budget = general_policy(agent_key).values_list("current_version__daily_amount_budget", flat=True).first()
     if budget is None or amount <= 0:
         return {}
     now = timezone.now()
@@ -501,12 +524,7 @@ def policy_promote(*, agent_key: str, actor: Actor, note: str = "") -> PolicyVer
     from governance.selectors import agent_standing
 
     with transaction.atomic():
-        policy = (
-            AgentPolicy.objects.select_for_update(of=("self",))
-            .select_related("current_version")
-            .filter(agent_key=agent_key)
-        )
-        policy = policy.first()
+        policy = general_policy(agent_key).select_for_update(of=("self",)).select_related("current_version").first()
         if policy is None or policy.current_version is None:
             raise GovernanceError(f"agent '{agent_key}' has no policy", fields={"agent": "unknown"})
         standing = agent_standing(agent_key)
@@ -528,39 +546,58 @@ def policy_promote(*, agent_key: str, actor: Actor, note: str = "") -> PolicyVer
 
 
 def demotion_check(*, agent_key: str, now: datetime | None = None) -> PolicyVersion | None:
-    """Demote a bounded agent to supervised when humans overrode too large a share of its recent decisions. Runs in
-    the caller's transaction after each judgement; notifies the governance admins by email once it commits."""
+    """Demote a bounded agent to supervised when humans overrode too large a share of its recent decisions: each of
+    its bounded policies (the general one and any narrowed to a step) gets a supervised version. Runs in the caller's
+    transaction after each judgement; notifies the governance admins by email once it commits. Returns the first
+    version published (None when nothing was demoted)."""
     from governance.selectors import override_rate
 
-    policy = (
+    policies = list(
         AgentPolicy.objects.select_for_update(of=("self",))
         .select_related("current_version")
-        .filter(agent_key=agent_key)
+        .filter(agent_key=agent_key, current_version__autonomy=AutonomyLevel.BOUNDED)
+        .order_by("workflow_key", "step_key")
     )
-    policy = policy.first()
-    if policy is None or policy.current_version is None or policy.current_version.autonomy != AutonomyLevel.BOUNDED:
-        return None
-    window = override_rate(agent_key, now=now, since=policy.current_version.created_at)
-    if window["decisions"] < governance_setting("DEMOTE_MIN_DECISIONS"):
-        return None
-    if window["rate"] <= governance_setting("DEMOTE_OVERRIDE_RATE"):
-        return None
     actor = Actor.system("governance")
-    terms = {**policy_terms(policy.current_version), "autonomy": AutonomyLevel.SUPERVISED}
-    why = (
-        f"humans overrode {window['overrides']} of its last {window['decisions']} decisions "
-        f"({window['rate']:.0%} > {governance_setting('DEMOTE_OVERRIDE_RATE'):.0%} in "
-        f"{governance_setting('DEMOTE_WINDOW_HOURS')} h)"
-    )
-    version = policy_publish(agent_key=agent_key, actor=actor, note=f"demoted automatically: {why}", **terms)
-    audit_record(
-        actor=actor,
-        action=AuditAction.POLICY_DEMOTED,
-        subject=policy,
-        data={"from": AutonomyLevel.BOUNDED, "to": AutonomyLevel.SUPERVISED, "version": version.number, **window},
-    )
+    demoted = []
+    for policy in policies:
+        window = override_rate(agent_key, now=now, since=policy.current_version.created_at)
+        if window["decisions"] < governance_setting("DEMOTE_MIN_DECISIONS"):
+            continue
+        if window["rate"] <= governance_setting("DEMOTE_OVERRIDE_RATE"):
+            continue
+        terms = {**policy_terms(policy.current_version), "autonomy": AutonomyLevel.SUPERVISED}
+        why = (
+            f"humans overrode {window['overrides']} of its last {window['decisions']} decisions "
+            f"({window['rate']:.0%} > {governance_setting('DEMOTE_OVERRIDE_RATE'):.0%} in "
+            f"{governance_setting('DEMOTE_WINDOW_HOURS')} h)"
+        )
+        version = policy_publish(
+            agent_key=agent_key,
+            workflow_key=policy.workflow_key,
+            step_key=policy.step_key,
+            actor=actor,
+            note=f"demoted automatically: {why}",
+            **terms,
+        )
+        audit_record(
+            actor=actor,
+            action=AuditAction.POLICY_DEMOTED,
+            subject=policy,
+            data={
+                "from": AutonomyLevel.BOUNDED,
+                "to": AutonomyLevel.SUPERVISED,
+                "version": version.number,
+                "scope": policy.scope,
+                **window,
+            },
+        )
+        demoted.append((version, why))
+    if not demoted:
+        return None
+    why = demoted[0][1]
     transaction.on_commit(lambda: _notify_admins(f"selfops: agent {agent_key} demoted to supervised", why))
-    return version
+    return demoted[0][0]
 
 
 def _notify_admins(subject: str, body: str) -> None:

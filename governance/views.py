@@ -14,7 +14,7 @@ from governance.backtest import backtest
 from governance.errors import GovernanceError
 from governance.forms import BacktestForm, QADecideForm, StopForm
 from governance.models import AgentPolicy, QAReview, QAStatus, StopSwitch
-from governance.selectors import governance_admin, governance_overview
+from governance.selectors import general_policy, governance_admin, governance_overview
 from governance.services import policy_promote, policy_terms, qa_review_decide, stop_engage, stop_release
 
 
@@ -97,7 +97,7 @@ def qa_decide(request, pk: int):
 @login_required
 def backtest_view(request):
     _require_admin(request)
-    agents = list(AgentPolicy.objects.order_by("agent_key").values_list("agent_key", flat=True))
+    agents = list(AgentPolicy.objects.order_by("agent_key").values_list("agent_key", flat=True).distinct())
     report = None
     if "agent_key" in request.GET:
         form = BacktestForm(request.GET, agents=agents)
@@ -106,7 +106,7 @@ def backtest_view(request):
             report = backtest(form.terms(), data["agent_key"], data["since"], data["until"])
     else:
         agent_key = request.GET.get("agent") or (agents[0] if agents else "")
-        policy = AgentPolicy.objects.select_related("current_version").filter(agent_key=agent_key).first()
+        policy = general_policy(agent_key).select_related("current_version").first()
         initial = policy_terms(policy.current_version) if policy and policy.current_version else {}
         now = timezone.now().replace(second=0, microsecond=0)
         form = BacktestForm(

@@ -279,16 +279,16 @@ def _run_steps(case_id: int, token: str, *, careful: bool, budget: int, effects:
 
 
 class _PolicyCache:
-    """Every agent's current policy, read once per transaction: a step never switches version midway, and a
-    published change applies from the next transaction on."""
+    """Every agent's current policies, read once per transaction: a step never switches version midway, and a
+    published change applies from the next transaction on. A policy narrowed to the step wins over the general one."""
 
     def __init__(self):
-        self._policies: dict[str, PolicySnapshot] | None = None
+        self._policies = None
 
-    def get(self, agent_key: str) -> PolicySnapshot | None:
+    def get(self, agent_key: str, workflow_key: str = "", step_key: str = "") -> PolicySnapshot | None:
         if self._policies is None:
             self._policies = current_policies()
-        return self._policies.get(agent_key)
+        return self._policies.get(agent_key, workflow_key, step_key)
 
 
 def _decide_step(tx: StepTx, policies: _PolicyCache) -> Next | None:
@@ -300,9 +300,13 @@ def _decide_step(tx: StepTx, policies: _PolicyCache) -> Next | None:
     if stops:
         _park(tx, WaitReason.STOPPED, data={"stops": [f"{s.scope}:{s.target or '*'}" for s in stops], "step": step.key})
         return None
-    policy = policies.get(step.agent_key)
+    policy = policies.get(step.agent_key, case.workflow.key, step.key)
     if policy is not None and policy.autonomy == AutonomyLevel.OFF:
-        _park(tx, WaitReason.AGENT_OFF, data={"step": step.key, "policy_version": policy.version})
+        _park(
+            tx,
+            WaitReason.AGENT_OFF,
+            data={"step": step.key, "policy_version": policy.version, "policy_scope": policy.scope},
+        )
         return None
 
     registered = agent_versions.resolve(step.agent_key, case)

@@ -378,7 +378,10 @@ def _agents(week: dict, today: dict) -> list[dict]:
             pair[0] += value["n"] if resolution == Resolution.APPROVE else 0
             pair[1] += value["n"]
     spent = {k: Decimal(v["spent"]) for k, v in today.get("agents", {}).items() if Decimal(v.get("spent", "0"))}
-    policies = {p.agent_key: p.current_version for p in AgentPolicy.objects.select_related("current_version")}
+    policies = {  # agents' general policies (a policy narrowed to one step is shown on the governance page)
+        p.agent_key: p.current_version
+        for p in AgentPolicy.objects.filter(step_key="").select_related("current_version")
+    }
     out = []
     for key in sorted(set(runs) | set(policies)):
         version = policies.get(key)

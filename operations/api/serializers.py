@@ -173,7 +173,11 @@ class AgentPolicyOut(serializers.ModelSerializer):
 
     class Meta:
         model = AgentPolicy
-        fields = ["agent_key", "name", "current_version", "created_at"]
+        fields = ["agent_key", "workflow_key", "step_key", "name", "current_version", "created_at"]
+        extra_kwargs = {
+            "workflow_key": {"help_text": "With step_key: the one workflow step this policy is narrowed to."},
+            "step_key": {"help_text": "Empty for the agent's general policy (every step it runs)."},
+        }
 
 
 class StopSwitchOut(serializers.ModelSerializer):

@@ -263,7 +263,7 @@ class EscalationResolveApi(ApiView):
 class PoliciesApi(ApiView, generics.ListAPIView):
     required_scopes = {"GET": ApiScope.GOVERNANCE_READ}
     serializer_class = s.AgentPolicyOut
-    queryset = AgentPolicy.objects.select_related("current_version").order_by("agent_key")
+    queryset = AgentPolicy.objects.select_related("current_version").order_by("agent_key", "workflow_key", "step_key")
 
     @extend_schema(operation_id="agents_list", summary="Agents and their current policies", tags=["governance"])
     def get(self, request, *args, **kwargs):
@@ -273,12 +273,12 @@ class PoliciesApi(ApiView, generics.ListAPIView):
 class PolicyDetailApi(ApiView, generics.RetrieveAPIView):
     required_scopes = {"GET": ApiScope.GOVERNANCE_READ}
     serializer_class = s.AgentPolicyOut
-    queryset = AgentPolicy.objects.select_related("current_version")
+    queryset = AgentPolicy.objects.filter(workflow_key="", step_key="").select_related("current_version")
     lookup_field = "agent_key"
 
     @extend_schema(
         operation_id="agents_retrieve",
-        summary="One agent's current policy",
+        summary="One agent's current general policy (policies narrowed to a step are in the list)",
         tags=["governance"],
         responses={200: s.AgentPolicyOut, **error_responses(404)},
     )

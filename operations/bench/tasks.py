@@ -25,7 +25,7 @@ def naive_step(case_id: int) -> None:
             return
         step = case.current_step
         case.step_attempt = 1
-        policy = policy_for_agent(step.agent_key)
+        policy = policy_for_agent(step.agent_key, workflow_key=case.workflow.key, step_key=step.key)
         registered = get_agent(step.agent_key)
         started = timezone.now()
         proposal = registered.fn(_agent_context(case, step, policy))

@@ -50,3 +50,27 @@ def test_audit_events_by_subject(intake, claim_generator):
 
     assert [e["action"] for e in events] == ["escalation.opened"]
     assert {"case.submitted", "escalation.opened"} <= {e["action"] for e in of_case}
+
+
+def test_a_policy_narrowed_to_a_step_is_listed_with_its_scope_and_the_detail_is_the_general_one(
+    intake, claims_workflow
+):
+    from decimal import Decimal
+
+    from audit.actors import Actor
+    from governance.services import policy_publish
+
+    policy_publish(
+        agent_key="claims.approval",
+        workflow_key="claims",
+        step_key="approval",
+        actor=Actor.system("test"),
+        max_amount=Decimal(10),
+    )
+
+    agents = intake.get("/api/v1/governance/agents/").json()
+    approval = [(a["workflow_key"], a["step_key"]) for a in agents if a["agent_key"] == "claims.approval"]
+    one = intake.get("/api/v1/governance/agents/claims.approval/").json()
+
+    assert approval == [("", ""), ("claims", "approval")]
+    assert (one["step_key"], one["current_version"]["max_amount"]) == ("", "5000.00")

@@ -87,3 +87,57 @@ def test_backtest_refuses_a_draft_with_bad_rules():
             timezone.now(),
             timezone.now(),
         )
+
+
+def test_backtest_judges_each_proposal_of_a_case_on_its_own_values():
+    # given one case with three recorded proposals (the case is converted for the rules once, the proposals differ)
+    workflow_install(
+        definition={
+            "key": "bt2",
+            "name": "bt2",
+            "payload_schema": {"type": "object"},
+            "steps": [{"key": "only", "name": "Only", "agent_key": "bt.agent", "transitions": {"ok": "@complete"}}],
+        },
+        actor=admin,
+    )
+    step = Step.objects.get(workflow__key="bt2")
+    case = case_submit(workflow_key="bt2", reference="BT2", payload={"claim_type": "theft"}, actor=admin)
+    now = timezone.now()
+    for i, (amount, flag, decision) in enumerate(
+        [("400.00", "ok", "allow"), ("600.00", "ok", "allow"), (None, "x", "allow")]
+    ):
+        StepRun.objects.create(
+            case=case,
+            step=step,
+            attempt=i + 1,
+            status="succeeded",
+            agent_key="bt.agent",
+            proposal={
+                "outcome": "ok",
+                "action": "approve",
+                "amount": amount,
+                "confidence": 0.9,
+                "data": {"flag": flag},
+            },
+            verdict={"decision": decision, "reasons": []},
+            started_at=now - timedelta(minutes=i + 1),
+            finished_at=now,
+        )
+    draft = {
+        "rules": [
+            {
+                "id": "theft",
+                "expression": 'case.payload.claim_type != "theft" || proposal.amount == null '
+                "|| proposal.amount <= 500.0",
+                "reason_code": "theft_cap",
+                "message": "theft over 500",
+            },
+            {"id": "flag", "expression": 'proposal.data.flag == "ok"', "reason_code": "flagged", "message": "flagged"},
+        ]
+    }
+    # when the draft is replayed
+    report = backtest(draft, "bt.agent", now - timedelta(hours=1), now)
+    # then the 600 proposal trips the cap, the one without an amount trips only the flag rule, the 400 one passes
+    assert (report.proposals, report.allowed_after, report.allow_to_escalate) == (3, 1, 2)
+    assert report.reasons_after == {"theft_cap": 1, "flagged": 1}
+    assert report.amount_allow_to_escalate == Decimal("600.00")

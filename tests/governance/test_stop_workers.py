@@ -1,4 +1,11 @@
-"""A stop switch against a real qcluster: engaged mid-run it parks cases, released it resumes them, none lost."""
+"""A stop switch against a real qcluster: engaged mid-run it parks cases, released it resumes them, none lost.
+
+On a loaded machine (the suite runs beside other work on two cores) the cluster can take many seconds to start and
+each task runs slowly, so the test waits on conditions, never on sleeps: the stop is engaged once the workers have
+really started deciding (so it is mid-run), and the deadlines are generous (they only matter when something hangs;
+a passing run ends as soon as its condition holds). The cluster's per-task and per-agent timeouts are raised for the
+same reason: under load a slow but healthy task must not be killed and redelivered, nor an agent call be timed out
+into a retry or an escalation, which would make the test about timeouts rather than stops."""
 
 import os
 import signal
@@ -14,7 +21,7 @@ from django.db import connection
 from audit.actors import Actor
 from audit.models import AuditAction, AuditEvent
 from governance.services import stop_engage, stop_release
-from operations.models import Case, CaseStatus, OutboxEntry, OutboxKind, WaitReason
+from operations.models import Case, CaseStatus, OutboxEntry, OutboxKind, StepRun, WaitReason
 from tests.helpers import submit
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -37,7 +44,7 @@ def _wait_until(predicate, *, seconds: float, proc, log: Path) -> None:
         if predicate():
             return
         time.sleep(0.2)
-    from operations.models import Escalation, StepRun
+    from operations.models import Escalation
 
     states = list(Case.objects.values_list("pk", "status", "wait_reason", "current_step__key", "lease_owner"))
     escalations = list(Escalation.objects.values_list("case_id", "reason"))
@@ -57,6 +64,9 @@ def test_stop_engaged_mid_run_parks_and_release_resumes_with_no_case_lost(claim_
         "SELFOPS_VAR_DIR": str(settings.VAR_DIR),
         "Q_WORKERS": "2",
         "Q_LOG_LEVEL": "WARNING",
+        "Q_TIMEOUT": "600",
+        "Q_RETRY": "660",
+        "SELFOPS_AGENT_TIMEOUT": "300",
     }
     log_path = tmp_path / "qcluster.log"
     log = open(log_path, "w")  # noqa: SIM115
@@ -65,9 +75,10 @@ def test_stop_engaged_mid_run_parks_and_release_resumes_with_no_case_lost(claim_
     )
     admin = Actor.system("test-admin")
     try:
-        # given a first batch running on the workers, then a global stop, then a second batch
+        # given a first batch running on the workers (some step decided already), then a global stop, then a second
+        # batch
         first = [submit(claim_generator.claim("straight_through")).pk for _ in range(12)]
-        time.sleep(0.3)
+        _wait_until(lambda: StepRun.objects.filter(case_id__in=first).exists(), seconds=240, proc=proc, log=log_path)
         stop_engage(scope="global", reason="incident drill", actor=admin)
         second = [submit(claim_generator.claim("straight_through")).pk for _ in range(6)]
         ids = first + second
@@ -76,7 +87,7 @@ def test_stop_engaged_mid_run_parks_and_release_resumes_with_no_case_lost(claim_
         def settled():
             return not Case.objects.filter(pk__in=ids, status=CaseStatus.RUNNING).exists()
 
-        _wait_until(settled, seconds=90, proc=proc, log=log_path)
+        _wait_until(settled, seconds=240, proc=proc, log=log_path)
         parked = set(
             Case.objects.filter(pk__in=ids, status=CaseStatus.WAITING, wait_reason=WaitReason.STOPPED).values_list(
                 "pk", flat=True
@@ -93,7 +104,7 @@ def test_stop_engaged_mid_run_parks_and_release_resumes_with_no_case_lost(claim_
         def all_done():
             return Case.objects.filter(pk__in=ids, status=CaseStatus.COMPLETED).count() == len(ids)
 
-        _wait_until(all_done, seconds=120, proc=proc, log=log_path)
+        _wait_until(all_done, seconds=240, proc=proc, log=log_path)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:

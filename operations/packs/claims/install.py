@@ -18,7 +18,7 @@ from operations.services import workflow_install
 def install(*, actor: Actor, policies: int = 20000) -> Workflow:
     workflow = workflow_install(definition=WORKFLOW, actor=actor)
     for agent_key, terms in POLICIES.items():
-        if not AgentPolicy.objects.filter(agent_key=agent_key, current_version__isnull=False).exists():
+        if not AgentPolicy.objects.filter(agent_key=agent_key, step_key="", current_version__isnull=False).exists():
             policy_publish(agent_key=agent_key, actor=actor, note="claims demo pack defaults", **terms)
     load_reference_data(actor=actor, policies=policies)
     return workflow
