@@ -30,6 +30,8 @@ class Command(BaseCommand):
                 result = verify(from_seq=from_seq, prev_hash=prev_hash or GENESIS)
         except (DigestError, ArchiveError) as exc:
             raise CommandError(str(exc)) from exc
+        except OSError as exc:
+            raise CommandError(f"cannot read {archive or digest}: {exc.strerror or exc}") from exc
         if not result.ok:
             raise CommandError(result.describe())
         suffix = f" (matches the digest at #{result.head_seq})" if digest else ""

@@ -7,7 +7,7 @@ import time
 
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from django.test import Client, override_settings
 from django.urls import reverse
 
@@ -28,6 +28,8 @@ class Command(BaseCommand):
         parser.add_argument("--runs", type=int, default=20)
 
     def handle(self, *args, runs, **options):
+        if not 1 <= runs <= 10_000:
+            raise CommandError("--runs must be between 1 and 10,000")
         from django.contrib.auth.models import Group
 
         user, _ = get_user_model().objects.get_or_create(username="bench-senior")

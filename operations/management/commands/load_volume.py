@@ -7,7 +7,7 @@ import time
 from datetime import timedelta
 from decimal import Decimal
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.utils import timezone
 
@@ -42,6 +42,12 @@ class Command(BaseCommand):
         parser.add_argument("--seed", type=int, default=7)
 
     def handle(self, *args, cases, open_escalations, runs_per_case, seed, **options):
+        if not 0 <= cases <= 10_000_000:
+            raise CommandError("--cases must be between 0 and 10,000,000")
+        if not 0 <= open_escalations <= 1_000_000:
+            raise CommandError("--open-escalations must be between 0 and 1,000,000")
+        if not 1 <= runs_per_case <= 20:
+            raise CommandError("--runs-per-case must be between 1 and 20")
         rng = random.Random(seed)
         t0 = time.perf_counter()
         workflow = active_workflow("claims") or install(actor=Actor.system("load_volume"), policies=2000)
