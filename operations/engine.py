@@ -522,10 +522,19 @@ def _owe_effect(tx: StepTx, step: Step, proposal: Proposal) -> None:
     # The key names the case and the step, never the attempt: a step that runs twice owes its effect once.
     key = f"case-{case.pk}-{step.key}-{kind}"
     payload = {"action": proposal.action, **(proposal.data.get("effect") or {})}
+    # delivered by this worker right after the commit; should it die first, the sweeper takes the effect over once a
+    # lease period has passed (rather than only once it looks stale)
+    due = timezone.now() + timedelta(seconds=_lease_seconds()) if tx.deliver_inline else None
     created = OutboxEntry.objects.bulk_create(
         [
             OutboxEntry(
-                idempotency_key=key, kind=kind, case=case, step_key=step.key, amount=proposal.amount, payload=payload
+                idempotency_key=key,
+                kind=kind,
+                case=case,
+                step_key=step.key,
+                amount=proposal.amount,
+                payload=payload,
+                next_attempt_at=due,
             )
         ],
         ignore_conflicts=True,
