@@ -26,6 +26,8 @@ class AuditAction(models.TextChoices):
     EFFECT_DELIVERED = "effect.delivered", "Side effect delivered"
     EFFECT_RETRY = "effect.retry", "Side effect failed, will retry"
     EFFECT_FAILED = "effect.failed", "Side effect failed for good (needs attention)"
+    EFFECT_REQUEUED = "effect.requeued", "Failed side effect handed back for delivery (same idempotency key)"
+    EFFECT_CANCELLED = "effect.cancelled", "Failed side effect closed without delivery"
     ESCALATION_OPENED = "escalation.opened", "Escalation opened"
     ESCALATION_CLAIMED = "escalation.claimed", "Escalation claimed"
     ESCALATION_RELEASED = "escalation.released", "Escalation released"

@@ -137,7 +137,9 @@ class AgentPolicyAdmin(admin.ModelAdmin):
         obj.pk, obj.current_version, obj.created_at = saved.pk, version, saved.created_at
 
     def save_related(self, request, form, formsets, change):
-        pass  # versions are published, not edited inline
+        # versions are published, not edited inline; the admin's change message still reads what the inlines saved
+        for formset in formsets:
+            formset.new_objects, formset.changed_objects, formset.deleted_objects = [], [], []
 
 
 class StopSwitchForm(forms.ModelForm):
@@ -241,10 +243,19 @@ class QAReviewAdmin(admin.ModelAdmin):
         return False
 
 
+class AgentCostBudgetForm(forms.ModelForm):
+    daily_limit = forms.DecimalField(max_digits=12, decimal_places=4, min_value=0)
+
+    class Meta:
+        model = AgentCostBudget
+        fields = ["agent_key", "daily_limit"]
+
+
 @admin.register(AgentCostBudget)
 class AgentCostBudgetAdmin(admin.ModelAdmin):
     """Daily cost ceilings per agent; saved through the audited service, today's spending is read-only."""
 
+    form = AgentCostBudgetForm
     list_display = ("agent_key", "daily_limit", "spent", "day", "updated_at")
     readonly_fields = ("spent", "day", "updated_at")
     fields = ("agent_key", "daily_limit", "spent", "day", "updated_at")

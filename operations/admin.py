@@ -273,6 +273,21 @@ class ApiClientForm(forms.ModelForm):
     def clean_queues(self):
         return [q.strip() for q in self.cleaned_data["queues"].splitlines() if q.strip()]
 
+    def clean(self):
+        from operations.api.clients import api_client_errors
+
+        data = super().clean()
+        problems = api_client_errors(
+            data.get("name", ""),
+            list(data.get("scopes") or []),
+            data.get("queues") or [],
+            data.get("throttle_rate", ""),
+        )
+        for field, message in problems.items():
+            if field in self.fields and field not in self.errors:
+                self.add_error(field, message)
+        return data
+
 
 @admin.register(ApiClient)
 class ApiClientAdmin(admin.ModelAdmin):
@@ -351,9 +366,22 @@ class LLMEndpointForm(forms.ModelForm):
         help_text="Write-only: leave empty to keep the current key.",
     )
 
+    timeout = forms.FloatField(required=False, min_value=0.5, max_value=60, help_text="Seconds per call (0.5 to 60).")
+    price_in = forms.DecimalField(required=False, max_digits=10, decimal_places=6, min_value=0)
+    price_out = forms.DecimalField(required=False, max_digits=10, decimal_places=6, min_value=0)
+
     class Meta:
         model = LLMEndpoint
         fields = ("active", "base_url", "model", "api_key", "timeout", "price_in", "price_out")
+
+    def clean(self):
+        from operations.agents.llm import llm_endpoint_errors
+
+        data = super().clean()
+        for field, message in llm_endpoint_errors(base_url=data.get("base_url"), model=data.get("model")).items():
+            if field not in self.errors:
+                self.add_error(field, message)
+        return data
 
 
 @admin.register(LLMEndpoint)

@@ -39,6 +39,7 @@ from governance.services import budget_consume, qa_review_open
 from operations.agents import AgentContext, Proposal, ProposalError
 from operations.agents import versions as agent_versions
 from operations.models import (
+    EFFECT_FAILED_REASON,
     TERMINAL_COMPLETE,
     TERMINAL_REJECT,
     Case,
@@ -525,10 +526,19 @@ def _owe_effect(tx: StepTx, step: Step, proposal: Proposal) -> None:
     # The key names the case and the step, never the attempt: a step that runs twice owes its effect once.
     key = f"case-{case.pk}-{step.key}-{kind}"
     payload = {"action": proposal.action, **(proposal.data.get("effect") or {})}
+    # delivered by this worker right after the commit; should it die first, the sweeper takes the effect over once a
+    # lease period has passed (rather than only once it looks stale)
+    due = timezone.now() + timedelta(seconds=_lease_seconds()) if tx.deliver_inline else None
     created = OutboxEntry.objects.bulk_create(
         [
             OutboxEntry(
-                idempotency_key=key, kind=kind, case=case, step_key=step.key, amount=proposal.amount, payload=payload
+                idempotency_key=key,
+                kind=kind,
+                case=case,
+                step_key=step.key,
+                amount=proposal.amount,
+                payload=payload,
+                next_attempt_at=due,
             )
         ],
         ignore_conflicts=True,
@@ -559,15 +569,26 @@ def _queue_for(step: Step, proposal: Proposal | None) -> str:
 
 
 def _priority(amount: Decimal | None, verdict: Verdict) -> int:
-    if verdict.primary_reason in ("agent_error", "policy_error") or (amount is not None and amount >= 10000):
+    if verdict.primary_reason in ("agent_error", "policy_error", EFFECT_FAILED_REASON) or (
+        amount is not None and amount >= 10000
+    ):
         return 1
     return 2
 
 
-def open_escalation(tx: StepTx, step: Step, run: StepRun | None, proposal: Proposal | None, verdict: Verdict) -> None:
-    """Hand the decision to people: the case waits on an escalation in the step's queue."""
+def open_escalation(
+    tx: StepTx,
+    step: Step,
+    run: StepRun | None,
+    proposal: Proposal | None,
+    verdict: Verdict,
+    *,
+    amount: Decimal | None = None,
+) -> Escalation:
+    """Hand the decision to people: the case waits on an escalation in the step's queue. ``amount``: the amount at
+    stake when there is no proposal (a failed payment)."""
     case = tx.case
-    amount = proposal.amount if proposal is not None else None
+    amount = proposal.amount if proposal is not None else amount
     sla = step.sla_seconds or engine_setting("DEFAULT_SLA_SECONDS")
     escalation = Escalation(
         case=case,
@@ -601,6 +622,7 @@ def open_escalation(tx: StepTx, step: Step, run: StepRun | None, proposal: Propo
             "policy_version": verdict.policy_version,
         },
     )
+    return escalation
 
 
 def _escalate_agent_error(tx: StepTx, step: Step, *, step_run: StepRun | None, error: str) -> None:

@@ -3,7 +3,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 
 from operations import roles
-from operations.models import Resolution
+from operations.models import EFFECT_FAILED_REASON, Resolution
 from operations.resolution_codes import reason_code_choices
 
 
@@ -14,6 +14,16 @@ class ResolveForm(forms.Form):
     amount = forms.DecimalField(required=False, max_digits=14, decimal_places=2, min_value=0)
     outcome = forms.CharField(required=False, max_length=100)
     instruction = forms.CharField(required=False, max_length=2000)
+
+    def __init__(self, *args, escalation=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if escalation is not None and escalation.reason == EFFECT_FAILED_REASON:
+            # a failed payment or letter was approved already: it can be sent again (retry) or closed, not approved
+            self.fields["resolution"].choices = [
+                (value, label)
+                for value, label in Resolution.choices
+                if value in (Resolution.RETRY, Resolution.REJECT, Resolution.CANCEL_CASE)
+            ]
 
 
 class ReassignForm(forms.Form):

@@ -110,8 +110,19 @@ class CaseTransitions(Transitions):
             CaseStatus.FAILED,
             CaseStatus.CANCELLED,
         },
-        CaseStatus.WAITING: {CaseStatus.RUNNING, CaseStatus.REJECTED, CaseStatus.CANCELLED, CaseStatus.COMPLETED},
+        # waiting -> waiting, completed/rejected -> waiting: an effect of the case (a payment, a letter) failed for
+        # good, so the case waits on an escalation again even if it was parked or had finished
+        # (operations.services.effect_escalate); the supervisor's decision restores or ends it
+        CaseStatus.WAITING: {
+            CaseStatus.RUNNING,
+            CaseStatus.REJECTED,
+            CaseStatus.CANCELLED,
+            CaseStatus.COMPLETED,
+            CaseStatus.WAITING,
+        },
         CaseStatus.FAILED: {CaseStatus.RUNNING, CaseStatus.CANCELLED},
+        CaseStatus.COMPLETED: {CaseStatus.WAITING},
+        CaseStatus.REJECTED: {CaseStatus.WAITING},
     }
 
 
@@ -336,6 +347,11 @@ class OutboxStatus(models.TextChoices):
     PENDING = "pending", "Pending"
     DELIVERED = "delivered", "Delivered"
     FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled (not delivered)"
+
+
+# the escalation reason of an effect that failed for good (its retry window ran out, or the outside system refused it)
+EFFECT_FAILED_REASON = "effect_failed"
 
 
 class OutboxEntry(models.Model):
@@ -350,14 +366,18 @@ class OutboxEntry(models.Model):
     amount = models.DecimalField(max_digits=14, decimal_places=2, null=True, blank=True)
     payload = models.JSONField(default=dict, encoder=DjangoJSONEncoder)
     status = models.CharField(max_length=16, choices=OutboxStatus.choices, default=OutboxStatus.PENDING)
-    attempts = models.PositiveIntegerField(default=0)
+    attempts = models.PositiveIntegerField(default=0)  # in the current retry window
     last_error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
     # when the sweeper may hand a pending entry to a worker again (backoff after a failed attempt); null: now
     next_attempt_at = models.DateTimeField(null=True, blank=True)
-    # the retry window ran out: a person must look (the case has usually moved on, so this is not an escalation)
+    # failed for good (the retry window ran out, or the outside system refused it): a person must look, through the
+    # escalation opened for it (``escalation``); a supervisor's retry hands the same entry back, with the same key
     needs_attention = models.BooleanField(default=False, db_index=True)
+    escalation = models.ForeignKey(Escalation, null=True, blank=True, on_delete=models.PROTECT, related_name="effects")
+    # the retry window counts from here (``created_at`` when unset); a supervisor's retry starts a new window
+    retry_from = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         verbose_name_plural = "outbox entries"

@@ -24,6 +24,7 @@ REASON_CODES: dict[str, list[tuple[str, str]]] = {
         ("new_information", "New information available"),
         ("agent_error", "The agent erred; try again"),
         ("data_corrected", "Case data corrected"),
+        ("system_recovered", "The outside system works again"),
         ("other", "Other (see note)"),
     ],
     "cancel_case": [

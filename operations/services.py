@@ -4,7 +4,7 @@ state under a transaction, writes its audit events in that transaction and hands
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -21,6 +21,7 @@ from operations.agents import Proposal, ProposalError
 from operations.engine import StepTx, _lease_seconds, apply_decision, engine_setting
 from operations.errors import Conflict, NotAllowed, ValidationFailed
 from operations.models import (
+    EFFECT_FAILED_REASON,
     Case,
     CaseStatus,
     Escalation,
@@ -180,7 +181,9 @@ def escalation_resolve(
         if reason_code:
             data["reason_code"] = reason_code
 
-        if resolution in (Resolution.APPROVE, Resolution.AMEND):
+        if escalation.reason == EFFECT_FAILED_REASON:  # a payment or letter that failed for good
+            _effect_resolve(tx, escalation, resolution, actor=actor, data=data)
+        elif resolution in (Resolution.APPROVE, Resolution.AMEND):
             proposal = _approved_proposal(escalation, resolution, amount=amount, outcome=outcome)
             if proposal.outcome not in step.transitions:
                 raise ValidationFailed(
@@ -363,6 +366,7 @@ def cases_sweep(*, now=None, limit: int = 1000) -> int:
         )
         for _, key in due:
             enqueue_delivery(key)
+    effects_escalate_owed(limit=limit)
     return len(cases)
 
 
@@ -401,6 +405,8 @@ def outbox_deliver_many(*, keys: list[str], now=None) -> list[OutboxEntry]:
                 continue
             entry.status, entry.delivered_at, entry.next_attempt_at = OutboxStatus.DELIVERED, now, None
             delivered.append(entry)
+            if entry.escalation_id is not None:
+                events.extend(_effect_retry_succeeded(entry))
             events.append(
                 audit_event(
                     actor=SYSTEM,
@@ -420,6 +426,23 @@ def outbox_deliver_many(*, keys: list[str], now=None) -> list[OutboxEntry]:
         OutboxEntry.objects.bulk_update(delivered, ["attempts", "status", "delivered_at", "next_attempt_at"])
         audit_record_many(events)
     return entries
+
+
+def _effect_retry_succeeded(entry: OutboxEntry) -> list:
+    # a supervisor retried this effect after its escalation; it is delivered now, so the retry is no longer pending
+    if not Escalation.objects.filter(pk=entry.escalation_id, retry_pending=True).update(retry_pending=False):
+        return []
+    return [
+        audit_event(
+            actor=SYSTEM,
+            action=AuditAction.ESCALATION_RETRY_SUCCEEDED,
+            subject_type="operations.escalation",
+            subject_id=entry.escalation_id,
+            subject_label=f"Escalation {entry.escalation_id}",
+            case_id=entry.case_id,
+            data={"step": entry.step_key, "idempotency_key": entry.idempotency_key},
+        )
+    ]
 
 
 def _deliver_entry(entry: OutboxEntry) -> dict:
@@ -455,7 +478,7 @@ def _outbox_failed(entry: OutboxEntry, *, error: str, retryable: bool, now) -> N
         "case_id": entry.case_id,
     }
     data = {"kind": entry.kind, "attempts": entry.attempts, "error": entry.last_error}
-    if retryable and next_attempt <= entry.created_at + window:
+    if retryable and next_attempt <= (entry.retry_from or entry.created_at) + window:
         entry.next_attempt_at = next_attempt
         entry.save()
         audit_record(
@@ -468,14 +491,172 @@ def _outbox_failed(entry: OutboxEntry, *, error: str, retryable: bool, now) -> N
     entry.save()
     reason = f"{entry.kind}_failed"
     audit_record(actor=SYSTEM, action=AuditAction.EFFECT_FAILED, data={**data, "reason": reason}, **subject)
+    escalation = effect_escalate(entry=entry)
     logging.getLogger("selfops.alerts").error(
-        "%s: %s for case %s failed after %s attempts: %s",
+        "%s: %s for case %s failed after %s attempts: %s%s",
         reason,
         entry.kind,
         entry.case.reference,
         entry.attempts,
         entry.last_error,
+        f" (escalation {escalation.pk})" if escalation is not None else "",
         extra={"alert": reason, "idempotency_key": entry.idempotency_key},
+    )
+
+
+def _effect_words(entry: OutboxEntry) -> str:
+    if entry.kind == OutboxKind.PAYMENT:
+        amount = f" of {entry.amount:,.2f}" if entry.amount is not None else ""
+        return f"The payment{amount} could not be made"
+    return "The letter could not be sent"
+
+
+def effect_escalate(*, entry: OutboxEntry) -> Escalation | None:
+    """Open an ``effect_failed`` escalation for an owed effect that failed for good, in the caller's transaction (the
+    one that marks it failed): the case waits on it, in the queue of the step that owed the effect, with the outside
+    system's last error in words, the amount and the idempotency key. A case that had finished or was parked waits
+    again; what it was is kept in the reason, and the supervisor's decision restores or ends it
+    (``escalation_resolve``: retry hands the same entry back with the same key, reject or cancel closes it unpaid).
+    Returns None when nothing is opened now: the case was cancelled (nothing is owed to it) or already waits on
+    another escalation (the sweeper opens this one once that is decided)."""
+    from governance.evaluation import Reason, Verdict
+    from operations.engine import _release_lease, open_escalation
+
+    # the case row before its escalations (STYLE.md); the entry is locked by our caller
+    case = Case.objects.select_for_update(of=("self",)).select_related("workflow", "current_step").get(pk=entry.case_id)
+    if case.status in (CaseStatus.CANCELLED, CaseStatus.FAILED):
+        return None
+    if Escalation.objects.filter(case=case, status=EscalationStatus.OPEN).exists():
+        return None
+    step = Step.objects.filter(workflow_id=case.workflow_id, key=entry.step_key).first()
+    if step is None:
+        return None
+    was = {
+        "status": case.status,
+        "wait_reason": case.wait_reason,
+        "finished_at": case.finished_at.isoformat() if case.finished_at else None,
+    }
+    message = (
+        f"{_effect_words(entry)} after {entry.attempts} attempt(s): {entry.last_error}. "
+        f"It was approved already: retry sends the same {entry.kind} again (idempotency key {entry.idempotency_key}); "
+        "reject or cancel closes it without it."
+    )
+    reason = Reason(
+        code=EFFECT_FAILED_REASON,
+        message=message,
+        values={
+            "idempotency_key": entry.idempotency_key,
+            "kind": entry.kind,
+            "amount": str(entry.amount) if entry.amount is not None else None,
+            "attempts": entry.attempts,
+            "last_error": entry.last_error,
+            "case_was": was,
+        },
+    )
+    tx = StepTx(case)
+    if case.status == CaseStatus.RUNNING:
+        _release_lease(case)  # a worker holding the lease stops at its next step: the case no longer runs
+    case.finished_at = None
+    escalation = open_escalation(
+        tx, step, None, None, Verdict(decision="escalate", reasons=(reason,)), amount=entry.amount
+    )
+
+    def link():
+        entry.escalation = escalation
+        entry.save(update_fields=["escalation"])
+
+    tx.after_runs(link)
+    case.save()
+    tx.flush()
+    return escalation
+
+
+def effects_escalate_owed(*, limit: int = 100) -> int:
+    """Open the escalations that failed effects still owe: their case was waiting on another escalation when they
+    failed, and that one has been decided since. Run by the sweeper."""
+    owed = list(
+        OutboxEntry.objects.filter(status=OutboxStatus.FAILED, needs_attention=True)
+        .exclude(escalation__status=EscalationStatus.OPEN)
+        .exclude(case__status__in=[CaseStatus.CANCELLED, CaseStatus.FAILED])
+        .exclude(case__escalations__status=EscalationStatus.OPEN)
+        .order_by("pk")
+        .values_list("pk", flat=True)[:limit]
+    )
+    opened = 0
+    for pk in owed:
+        with transaction.atomic():
+            entry = (
+                OutboxEntry.objects.select_for_update(skip_locked=True, of=("self",))
+                .select_related("case")
+                .filter(pk=pk, status=OutboxStatus.FAILED, needs_attention=True)
+                .first()
+            )
+            opened += entry is not None and effect_escalate(entry=entry) is not None
+    return opened
+
+
+def _effect_resolve(tx: StepTx, escalation: Escalation, resolution: str, *, actor: Actor, data: dict) -> None:
+    """Decide an ``effect_failed`` escalation (see ``effect_escalate``): the effect was approved already, so there is
+    nothing to approve again — retry hands the same outbox entry back for delivery with the same idempotency key (a
+    gateway that honours it pays once) and restores the case; reject or cancel closes the entry undelivered and ends
+    the case. The escalation of a retry stays visible (``retry_pending``) until the delivery succeeds."""
+    case = tx.case
+    values = next((r.get("values") or {} for r in escalation.reasons if r.get("code") == EFFECT_FAILED_REASON), {})
+    if resolution in (Resolution.APPROVE, Resolution.AMEND):
+        raise ValidationFailed(
+            f"this {values.get('kind') or 'effect'} was approved already and the outside system did not take it: "
+            "retry it (the same one, with the same idempotency key), or reject or cancel to close it without it",
+            fields={"resolution": "retry, reject or cancel_case"},
+        )
+    entry = (
+        OutboxEntry.objects.select_for_update(of=("self",))
+        .filter(escalation=escalation, status=OutboxStatus.FAILED)
+        .first()
+    )
+    if entry is None:
+        raise Conflict("this effect is no longer failed (delivered or closed meanwhile)")
+    now = timezone.now()
+    subject = {
+        "subject_type": "operations.outboxentry",
+        "subject_id": entry.idempotency_key,
+        "subject_label": f"{entry.kind} for {case.reference}",
+    }
+    data["idempotency_key"] = entry.idempotency_key
+    entry.needs_attention = False
+    if resolution == Resolution.RETRY:
+        tx.audit(
+            actor=actor,
+            action=AuditAction.EFFECT_REQUEUED,
+            data={"kind": entry.kind, "attempts": entry.attempts, "escalation": escalation.pk},
+            **subject,
+        )
+        # a new retry window, with its own backoff from the start (the attempts so far are in the audit trail)
+        entry.status, entry.retry_from, entry.next_attempt_at, entry.attempts = OutboxStatus.PENDING, now, None, 0
+        entry.save()
+        was = values.get("case_was") or {}
+        case.transition(was.get("status") or CaseStatus.WAITING)
+        case.wait_reason = was.get("wait_reason") or WaitReason.NONE
+        if was.get("finished_at"):
+            case.finished_at = datetime.fromisoformat(was["finished_at"])
+        escalation.retry_pending = True
+        enqueue_delivery(entry.idempotency_key)
+        return
+    entry.status = OutboxStatus.CANCELLED
+    entry.save()
+    tx.audit(
+        actor=actor,
+        action=AuditAction.EFFECT_CANCELLED,
+        data={"kind": entry.kind, "attempts": entry.attempts, "escalation": escalation.pk},
+        **subject,
+    )
+    status = CaseStatus.REJECTED if resolution == Resolution.REJECT else CaseStatus.CANCELLED
+    case.transition(status)
+    case.current_step, case.finished_at, case.wait_reason = None, now, WaitReason.NONE
+    case.lease_owner, case.lease_expires_at = "", None
+    tx.audit(
+        actor=actor,
+        action=AuditAction.CASE_REJECTED if status == CaseStatus.REJECTED else AuditAction.CASE_CANCELLED,
+        data={"last_step": escalation.step.key, "note": data.get("note", "")},
     )
 
 

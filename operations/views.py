@@ -200,7 +200,7 @@ def _detail_context(request, escalation, form=None):
     pending = escalation.pending_approval or {}
     return {
         "escalation": escalation,
-        "form": form or ResolveForm(initial=_initial(escalation)),
+        "form": form or ResolveForm(initial=_initial(escalation), escalation=escalation),
         "reassign_form": ReassignForm(user=request.user),
         "reason_codes": REASON_CODES,
         "timeline": case_timeline(case=escalation.case, visible_escalations=escalations_for(request.user)),
@@ -232,7 +232,7 @@ def escalation_detail(request, pk: int):
 @acting_required
 def escalation_resolve_view(request, pk: int):
     escalation = get_object_or_404(escalations_for(request.user), pk=pk)
-    form = ResolveForm(request.POST)
+    form = ResolveForm(request.POST, escalation=escalation)
     if not form.is_valid():
         return render(
             request, "operations/escalation_detail.html", _detail_context(request, escalation, form), status=400

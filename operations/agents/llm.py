@@ -150,6 +150,20 @@ def ask_json(
     raise LLMError(f"the language model gave no valid answer after {attempts} tries: {problem}")
 
 
+def llm_endpoint_errors(*, base_url: str | None, model: str | None) -> dict[str, str]:
+    """What is wrong with an endpoint's address and model, by field (the admin's form shows it; the service
+    refuses it)."""
+    from urllib.parse import urlsplit
+
+    base_url, model = (base_url or "").strip(), (model or "").strip()
+    errors = {}
+    if base_url and urlsplit(base_url).scheme not in ("http", "https"):
+        errors["base_url"] = "an http(s) URL, e.g. https://llm.example/v1"
+    if base_url and not model and not (getattr(settings, "SELFOPS_LLM", {}) or {}).get("MODEL"):
+        errors["model"] = "a model is needed with a base URL"
+    return errors
+
+
 def llm_endpoint_configure(
     *,
     actor,
@@ -179,8 +193,8 @@ def llm_endpoint_configure(
             row.api_key = api_key.strip()
         row.timeout, row.price_in, row.price_out = timeout, price_in, price_out
         row.updated_by = actor.label
-        if row.base_url and not row.model and not (getattr(settings, "SELFOPS_LLM", {}) or {}).get("MODEL"):
-            raise ValidationFailed("a model is needed with a base URL", fields={"model": "required"})
+        if errors := llm_endpoint_errors(base_url=row.base_url, model=row.model):
+            raise ValidationFailed(f"the LLM endpoint is not valid: {'; '.join(errors.values())}", fields=errors)
         try:
             row.full_clean()
         except ValidationError as exc:

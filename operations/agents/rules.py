@@ -71,6 +71,9 @@ def rule_errors(rules: Any) -> dict[str, str]:
         confidence = rule.get("confidence", 1)
         if isinstance(confidence, int | float) and not isinstance(confidence, bool) and not 0 <= confidence <= 1:
             errors[f"{where}.confidence"] = "must be between 0 and 1"
+        amount = rule.get("amount")
+        if isinstance(amount, int | float) and not isinstance(amount, bool) and not 0 <= amount < 1e12:
+            errors[f"{where}.amount"] = "must be zero or more (and below 10^12)"
         for name in EXPRESSION_FIELDS:
             src = rule.get(name)
             if name != "when" and (src is None or src == "" or isinstance(src, int | float)):
@@ -79,10 +82,28 @@ def rule_errors(rules: Any) -> dict[str, str]:
                 errors.setdefault(f"{where}.{name}", "must be a CEL expression (a string)")
                 continue
             try:
-                _compile(src)
+                program = _compile(src)
             except ValueError as exc:
                 errors[f"{where}.{name}"] = str(exc).splitlines()[0][:300]
+                continue
+            if name != "when" and (problem := _constant_problem(name, program)):
+                errors[f"{where}.{name}"] = problem
     return errors
+
+
+def _constant_problem(name: str, program) -> str:
+    """An amount or confidence expression that uses no variable is a constant: check its value at save time."""
+    if program.variables():
+        return ""
+    try:
+        value = float(program.execute({}))
+    except Exception:  # noqa: BLE001 (any failure of a constant is the author's error, shown on the form)
+        return "this constant expression does not evaluate to a number"
+    if name == "confidence" and not 0 <= value <= 1:
+        return "must be between 0 and 1"
+    if name == "amount" and not 0 <= value < 1e12:
+        return "must be zero or more (and below 10^12)"
+    return ""
 
 
 def compile_rules(rules: list[dict]) -> list[CompiledRule]:

@@ -34,7 +34,9 @@ def _digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def _validate(name: str, scopes: list, queues: list, throttle_rate: str = "") -> dict:
+def api_client_errors(name: str, scopes: list, queues: list, throttle_rate: str = "") -> dict:
+    """Every problem with an API client's terms, by field (empty when it can be created); the admin's form shows
+    them."""
     errors = {}
     if throttle_rate and not RATE.fullmatch(throttle_rate):
         errors["throttle_rate"] = "requests per period, e.g. 600/min (s, min, hour or day)"
@@ -52,7 +54,7 @@ def api_client_create(
 ) -> tuple[ApiClient, str]:
     """Create a client and return it with its key, which is shown this once and never stored."""
     queues = list(queues or [])
-    if errors := _validate(name, scopes, queues, throttle_rate):
+    if errors := api_client_errors(name, scopes, queues, throttle_rate):
         raise ValidationFailed("the API client is not valid", fields=errors)
     key, prefix, digest = _new_key()
     try:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import uuid
 
-from django.core.exceptions import ObjectDoesNotExist
+from django.conf import settings
+from django.core.exceptions import ObjectDoesNotExist, RequestDataTooBig
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404
 from drf_spectacular.utils import OpenApiResponse
@@ -78,6 +79,9 @@ def exception_handler(exc, context):
     headers: dict[str, str] = {}
     if isinstance(exc, Http404 | ObjectDoesNotExist):
         status, body = 404, _body("not_found", "not found")
+    elif isinstance(exc, RequestDataTooBig):  # DATA_UPLOAD_MAX_MEMORY_SIZE, checked before the body is parsed
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        status, body = 413, _body("too_large", f"the request body is too large: at most {limit:,} bytes are accepted")
     elif isinstance(exc, DjangoPermissionDenied):
         status, body = 403, _body("forbidden", "not allowed")
     elif isinstance(exc, DomainError):

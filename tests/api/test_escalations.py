@@ -123,3 +123,21 @@ def test_two_clients_resolving_at_once_one_wins_the_other_gets_409(intake, make_
     assert sorted(statuses) == [200, 409]
     assert Escalation.objects.get(pk=escalation.pk).status == EscalationStatus.RESOLVED
     assert AuditEvent.objects.filter(action=AuditAction.ESCALATION_RESOLVED, subject_id=str(escalation.pk)).count() == 1
+
+
+def test_a_failed_payment_escalation_cannot_be_approved_through_the_api_and_retry_owes_the_same_payment(
+    intake, claim_generator, settings
+):
+    from operations.models import OutboxEntry, OutboxKind, OutboxStatus
+    from tests.gateway_server import refused_payment_escalation
+
+    escalation = refused_payment_escalation(claim_generator.claim("straight_through"), settings)
+    url = f"/api/v1/escalations/{escalation.pk}/resolve/"
+
+    approve = intake.post(url, {"resolution": "approve", "note": "pay it"})
+    retry = intake.post(url, {"resolution": "retry", "note": "gateway fixed"})
+
+    assert approve.status_code == 400 and approve.json()["fields"] == {"resolution": "retry, reject or cancel_case"}
+    assert retry.status_code == 200 and retry.json()["status"] == "resolved"
+    [payment] = OutboxEntry.objects.filter(case=escalation.case, kind=OutboxKind.PAYMENT)
+    assert payment.status == OutboxStatus.PENDING and payment.escalation_id == escalation.pk

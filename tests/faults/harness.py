@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -209,6 +210,52 @@ def _queue_state() -> dict:
     from django_q.models import OrmQ
 
     return OrmQ.objects.aggregate(n=Count("id"), first_lock=Min("lock"), last_lock=Max("lock"))
+
+
+class Killer:
+    """A thread that SIGKILLs one worker of ``cluster`` that is inside an agent every ``every`` seconds, polling the
+    marks every few milliseconds so each kill lands at its time without the test loop polling the database that
+    often. ``kills`` counts the kills that landed."""
+
+    def __init__(self, cluster: Cluster, marks: Path, *, every: float):
+        self.cluster, self.marks, self.every = cluster, marks, every
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.errors: list[BaseException] = []
+
+    def _run(self):
+        try:
+            while not self.done.wait(self.every):
+                while not self.done.is_set() and self.cluster.kill_worker_mid_step(self.marks) is None:
+                    time.sleep(0.005)
+        except BaseException as exc:  # noqa: BLE001 (reported by the test thread)
+            self.errors.append(exc)
+
+    def __enter__(self) -> Killer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.thread.join(timeout=10)
+
+    @property
+    def kills(self) -> int:
+        return len(self.cluster.kills)
+
+
+def submit_all(claims, *, chunk: int = 100) -> list[int]:
+    """Submit claims through the real service, ``chunk`` per transaction (each case still gets its own audit event
+    and task); returns the case ids in order."""
+    from django.db import transaction
+
+    from tests.helpers import submit
+
+    ids = []
+    for start in range(0, len(claims), chunk):
+        with transaction.atomic():
+            ids.extend(submit(c).pk for c in claims[start : start + chunk])
+    return ids
 
 
 class Every:

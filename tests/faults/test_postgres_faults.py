@@ -17,6 +17,7 @@ from tests.faults.harness import (
     claims_count,
     clusters,
     delivered_payments,
+    submit_all,
     wait_settled,
     worker_env,
 )
@@ -78,17 +79,26 @@ def test_a_database_restart_mid_run_loses_nothing_and_readyz_says_503_meanwhile(
 
 
 def test_two_clusters_sharing_one_database_apply_every_step_once(claim_generator, tmp_path):
-    # given N claims (600 in CI; SELFOPS_FAULT_CLAIMS=2000 for the full run) and two clusters, as on two
-    # machines, each tracing which claims its workers touched
-    n = claims_count(600)
+    # given N claims (the 2,000; SELFOPS_FAULT_CLAIMS changes it) and two clusters, as on two machines, each
+    # tracing which claims its workers touched
+    n = claims_count(2000)
     claims = claim_generator.claims(n)
     expected = {c.reference: c.expected for c in claims}
-    ids = [submit(c).pk for c in claims]
-    envs = [worker_env(tmp_path, SELFOPS_TEST_CLUSTER=name, SELFOPS_TEST_SLOW_AGENTS="claims.intake") for name in "ab"]
+    # (a case waiting in the long queue of a 2,000-claim run is not stale: the sweeper must not re-enqueue it)
+    envs = [
+        worker_env(
+            tmp_path,
+            SELFOPS_TEST_CLUSTER=name,
+            SELFOPS_TEST_SLOW_AGENTS="claims.intake",
+            SELFOPS_SWEEP_STALE_AFTER="600",
+        )
+        for name in "ab"
+    ]
 
-    # when both work the same queue at once
+    # when both work the same queue at once (the claims are submitted while they start)
     t0 = time.monotonic()
     with clusters(*envs, logs=tmp_path) as running:
+        ids = submit_all(claims)
         wait_settled(
             ids, deadline=max(240, n // 2), tick=Every(5.0, cases_sweep), every=0.5, what="two clusters", logs=running
         )

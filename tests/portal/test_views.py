@@ -262,3 +262,40 @@ def test_ensure_admin_creates_roles_and_demo_users(claims_workflow, django_user_
         "Special investigations",
     }
     assert senior.check_password((tmp_path / "senior_password").read_text().strip())
+
+
+def test_a_failed_payment_escalation_offers_retry_reject_or_cancel_and_retries_the_same_payment(
+    client, people, claim_generator, settings
+):
+    from operations.models import OutboxEntry, OutboxStatus
+    from tests.gateway_server import refused_payment_escalation
+
+    # given a payment the gateway refused, escalated to the claims handlers
+    escalation = refused_payment_escalation(claim_generator.claim("straight_through"), settings)
+    entry = OutboxEntry.objects.get(escalation=escalation)
+    client.force_login(people["handler"])
+    url = reverse("portal:escalation-resolve", args=[escalation.pk])
+
+    # when a handler opens it: the key, the amount and the gateway's answer are shown; approving is not offered
+    page = client.get(reverse("portal:escalation", args=[escalation.pk])).content.decode()
+    assert entry.idempotency_key in page and "the gateway answered 400" in page and str(entry.amount) in page
+    offered = [
+        value
+        for value, _ in client.get(reverse("portal:escalation", args=[escalation.pk]))
+        .context["form"]
+        .fields["resolution"]
+        .choices
+    ]
+    assert offered == ["reject", "retry", "cancel_case"]
+    # and a forged approval is a form error that changes nothing
+    approve = client.post(url, {"resolution": "approve", "note": "pay", "reason_code": "verified"})
+    assert approve.status_code == 400 and "resolution" in approve.context["form"].errors
+    assert Escalation.objects.get(pk=escalation.pk).status == EscalationStatus.OPEN
+    # when they retry it
+    retry = client.post(url, {"resolution": "retry", "note": "gateway fixed", "reason_code": "system_recovered"})
+
+    # then the same entry is owed again and the case is back to completed
+    assert retry.status_code == 302
+    entry.refresh_from_db()
+    assert entry.status == OutboxStatus.PENDING and OutboxEntry.objects.filter(case=entry.case).count() == 2
+    assert entry.case.status == CaseStatus.COMPLETED

@@ -1,6 +1,6 @@
 import json
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from audit.digests import export_digest, head_digest
 
@@ -13,13 +13,16 @@ class Command(BaseCommand):
         parser.add_argument("--dir", help="write a new digest file into this folder (default AUDIT_DIGEST_DIR)")
 
     def handle(self, *args, out=None, dir=None, **options):
-        if dir:
-            self.stdout.write(str(export_digest(dir)))
-            return
-        text = json.dumps(head_digest(), indent=2) + "\n"
-        if out:
-            with open(out, "w") as f:
-                f.write(text)
-            self.stdout.write(f"digest written to {out}")
-        else:
-            self.stdout.write(text, ending="")
+        try:
+            if dir:
+                self.stdout.write(str(export_digest(dir)))
+                return
+            text = json.dumps(head_digest(), indent=2) + "\n"
+            if out:
+                with open(out, "w") as f:
+                    f.write(text)
+                self.stdout.write(f"digest written to {out}")
+                return
+        except OSError as exc:
+            raise CommandError(f"cannot write the digest to {out or dir}: {exc.strerror or exc}") from exc
+        self.stdout.write(text, ending="")

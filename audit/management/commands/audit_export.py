@@ -16,4 +16,6 @@ class Command(BaseCommand):
             n = export_range(from_seq=from_seq, to_seq=to_seq, out=out)
         except ArchiveError as exc:
             raise CommandError(str(exc)) from exc
+        except OSError as exc:
+            raise CommandError(f"cannot write {out}: {exc.strerror or exc}") from exc
         self.stdout.write(f"exported {n} events (#{from_seq}..#{to_seq}) to {out}")

@@ -48,6 +48,8 @@ class Command(BaseCommand):
                 result = verify(**start)
         except (DigestError, ArchiveError) as exc:
             raise CommandError(str(exc)) from exc
+        except OSError as exc:
+            raise CommandError(f"cannot read {archive or digest}: {exc.strerror or exc}") from exc
         if not result.ok:
             raise CommandError(result.describe())
         suffix = f" (matches the digest at #{digest['seq']})" if digest else ""

@@ -8,7 +8,7 @@ import time
 from datetime import timedelta
 from decimal import Decimal
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django.utils import timezone
 
@@ -65,6 +65,8 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args, evaluations, backtest: int, **options):
+        if not 1 <= evaluations <= 10_000_000 or not 0 <= backtest <= 10_000_000:
+            raise CommandError("--evaluations must be between 1 and 10,000,000 and --backtest between 0 and 10,000,000")
         case = {"id": 1, "reference": "CLM-1", "workflow": "claims", "payload": PAYLOAD, "context": {"a": {"b": 1}}}
         proposal = Proposal(outcome="approve", action="approve", amount=Decimal("1234.50"), confidence=0.85)
         limits = {"allowed_actions": ("approve", "deny"), "max_amount": Decimal(5000), "min_confidence": Decimal("0.7")}

@@ -1,6 +1,6 @@
 import json
 
-from django.core.management import call_command, get_commands
+from django.core.management import get_commands
 from django.core.management.base import BaseCommand, CommandError
 
 from operations.bench.engine_bench import EngineBench
@@ -53,7 +53,9 @@ class Command(BaseCommand):
         self, *args, target, cases, reference_cases, noop_tasks, workers, clusters, rate, duration, seed, as_json, **_
     ):
         if target in DELEGATES:  # reached through call_command (the command line goes through run_from_argv)
-            return call_command(DELEGATES[target], stdout=self.stdout)
+            raise CommandError(
+                f"call the {DELEGATES[target]} command itself (`bench {target}` is for the command line)"
+            )
         if cases < 1 or workers < 1 or noop_tasks < 1 or clusters < 1:
             raise CommandError("--cases, --workers, --clusters and --noop-tasks must be at least 1")
         bench = EngineBench(out=self.stdout.write, workers=workers, seed=seed)

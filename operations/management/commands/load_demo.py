@@ -1,4 +1,4 @@
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from audit.actors import Actor
 from operations.packs.claims.install import install
@@ -12,7 +12,6 @@ class Command(BaseCommand):
 
     def handle(self, *args, policies, **options):
         if policies < 1 or policies > 1_000_000:
-            self.stderr.write("--policies must be between 1 and 1,000,000")
-            raise SystemExit(2)
+            raise CommandError("--policies must be between 1 and 1,000,000")
         workflow = install(actor=Actor.system("load_demo"), policies=policies)
         self.stdout.write(self.style.SUCCESS(f"Installed {workflow} with {policies:,} policies."))

@@ -4,7 +4,7 @@ import subprocess
 import sys
 import time
 
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 
 class Command(BaseCommand):
@@ -15,6 +15,8 @@ class Command(BaseCommand):
         parser.add_argument("--stream-rate", type=float, default=0.5, help="demo claims per second; 0 for none")
 
     def handle(self, *args, addr, stream_rate, **options):
+        if not 0 <= stream_rate <= 1000:  # NaN fails this too
+            raise CommandError("--stream-rate must be between 0 and 1,000 claims per second")
         manage = [sys.executable, "manage.py"]
         commands = {
             "web": manage + ["runserver", addr, "--noreload"],

@@ -1,4 +1,4 @@
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
 from operations.services import cases_sweep
 
@@ -10,4 +10,6 @@ class Command(BaseCommand):
         parser.add_argument("--limit", type=int, default=1000)
 
     def handle(self, *args, limit, **options):
+        if not 1 <= limit <= 100_000:
+            raise CommandError("--limit must be between 1 and 100,000")
         self.stdout.write(f"re-enqueued {cases_sweep(limit=limit)} cases")
