@@ -55,8 +55,8 @@ def qcluster(*, workers: int = 2, **env: str):
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
+        try:  # the measurement is over: a few seconds to stop gracefully, then no more waiting
+            proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
