@@ -15,8 +15,6 @@ import uuid
 
 from locust import FastHttpUser, between, task
 
-from operations.packs.claims.data import ClaimGenerator
-
 API_KEY = os.environ.get("SELFOPS_API_KEY", "")
 
 
@@ -24,13 +22,16 @@ class Integrator(FastHttpUser):  # the gevent HTTP client: the load generator mu
     wait_time = between(0, 0.01)
 
     def on_start(self):
-        self.client.headers["Authorization"] = f"Bearer {API_KEY}"
+        self.auth = {"Authorization": f"Bearer {API_KEY}"}
         self.generator = None
         self.submitted: list[int] = []
 
     def _claim(self):
         if self.generator is None:
-            self.generator = ClaimGenerator(_policies(), seed=random.randrange(1 << 30))
+            policies = _policies()  # sets Django up first: the claims pack imports models
+            from operations.packs.claims.data import ClaimGenerator
+
+            self.generator = ClaimGenerator(policies, seed=random.randrange(1 << 30))
         return self.generator.claim("straight_through")
 
     @task(4)
@@ -40,20 +41,26 @@ class Integrator(FastHttpUser):  # the gevent HTTP client: the load generator mu
         body = {"workflow": "claims", "reference": reference, "payload": claim.payload}
         key = str(uuid.uuid4())
         with self.client.post(
-            "/api/v1/cases/", json=body, headers={"Idempotency-Key": key}, name="POST /cases/", catch_response=True
+            "/api/v1/cases/",
+            json=body,
+            headers={**self.auth, "Idempotency-Key": key},
+            name="POST /cases/",
+            catch_response=True,
         ) as response:
             if response.status_code != 201:
                 response.failure(f"{response.status_code}: {response.text[:200]}")
                 return
             self.submitted.append(response.json()["id"])
         if random.random() < 0.1:  # a retry after a timeout: must replay, not create
-            self.client.post("/api/v1/cases/", json=body, headers={"Idempotency-Key": key}, name="POST /cases/ (retry)")
+            self.client.post(
+                "/api/v1/cases/", json=body, headers={**self.auth, "Idempotency-Key": key}, name="POST /cases/ (retry)"
+            )
 
     @task(2)
     def status(self):
         if self.submitted:
             case_id = random.choice(self.submitted[-50:])
-            self.client.get(f"/api/v1/cases/{case_id}/", name="GET /cases/{id}/")
+            self.client.get(f"/api/v1/cases/{case_id}/", headers=self.auth, name="GET /cases/{id}/")
 
 
 _POLICIES: list[dict] = []
