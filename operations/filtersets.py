@@ -9,6 +9,7 @@ import django_filters
 from django.db.models import Q
 from django.utils import timezone
 
+from operations.api.auth import api_client_of
 from operations.models import Case, CaseStatus, Escalation, EscalationStatus
 from operations.selectors import SLA_AMBER_SECONDS, SLA_RED_SECONDS
 from selfops.filters import UtcIsoDateTimeFilter
@@ -91,9 +92,7 @@ class EscalationFilterSet(django_filters.FilterSet):
         unclaimed = Q(claimed_by__isnull=True, claimed_by_client__isnull=True)
         if value == "unclaimed":
             return queryset.filter(unclaimed)
-        client = (
-            getattr(self.request, "auth", None) if hasattr(getattr(self.request, "auth", None), "key_prefix") else None
-        )
+        client = api_client_of(self.request)
         user = getattr(self.request, "user", None)
         if client is not None:
             mine = Q(claimed_by_client=client)

@@ -81,13 +81,19 @@ class Principal:
         return escalations_visible_to(user=self.user, client=self.client)
 
 
+def api_client_of(request) -> ApiClient | None:
+    """The API client a request was made with (its key), or None for a session or an anonymous request."""
+    auth = getattr(request, "auth", None)
+    return auth if isinstance(auth, ApiClient) else None
+
+
 def principal(request) -> Principal:
     """The caller of an authenticated request (cached on the request)."""
     cached = getattr(request, "_selfops_principal", None)
     if cached is not None:
         return cached
-    if isinstance(request.auth, ApiClient):
-        result = Principal(client=request.auth, user=None, scopes=frozenset(request.auth.scopes or []))
+    if (client := api_client_of(request)) is not None:
+        result = Principal(client=client, user=None, scopes=frozenset(client.scopes or []))
     else:
         user = request.user
         scopes = set()

@@ -8,6 +8,8 @@ default counts per process, which is right for one dev server and tests only.
 from django.conf import settings
 from rest_framework.throttling import SimpleRateThrottle
 
+from operations.api.auth import api_client_of
+
 
 class ClientRateThrottle(SimpleRateThrottle):
     scope = "api_client"
@@ -19,13 +21,13 @@ class ClientRateThrottle(SimpleRateThrottle):
         return settings.SELFOPS.get("API_THROTTLE_RATE", "600/min")
 
     def allow_request(self, request, view):
-        client = request.auth if getattr(request.auth, "key_prefix", None) else None
+        client = api_client_of(request)
         self.rate = (client.throttle_rate if client is not None and client.throttle_rate else None) or self.get_rate()
         self.num_requests, self.duration = self.parse_rate(self.rate)
         return super().allow_request(request, view)
 
     def get_cache_key(self, request, view):
-        client = request.auth if getattr(request.auth, "key_prefix", None) else None
+        client = api_client_of(request)
         if client is not None:
             ident = f"client-{client.pk}"
         elif request.user and request.user.is_authenticated:
