@@ -270,18 +270,22 @@ def verify(
         result.first_bad_seq = (result.head_seq or from_seq - 1) + 1
         result.problem = f"the chain ends at #{result.head_seq}, before #{up_to}"
     if record:
-        VerificationRun.objects.create(
-            started_at=started,
-            finished_at=timezone.now(),
-            ok=result.ok,
-            checked=result.checked,
-            head_seq=result.head_seq,
-            head_hash=result.head_hash,
-            first_bad_seq=result.first_bad_seq,
-            problem=result.problem,
-            duration_ms=(time.perf_counter() - t0) * 1000,
-        )
+        _record(result, started_at=started, duration_ms=(time.perf_counter() - t0) * 1000)
     return result
+
+
+def _record(result: VerifyResult, **extra) -> VerificationRun:
+    """The run's outcome, for the status panel and the API (``extra``: its start and duration, or the digest)."""
+    return VerificationRun.objects.create(
+        finished_at=timezone.now(),
+        ok=result.ok,
+        checked=result.checked,
+        head_seq=result.head_seq,
+        head_hash=result.head_hash,
+        first_bad_seq=result.first_bad_seq,
+        problem=result.problem,
+        **extra,
+    )
 
 
 @dataclass(frozen=True)
@@ -365,14 +369,5 @@ def verify_digest(
             f"the recomputed hash at #{seq} differs from the digest's: history up to the digest was rewritten"
         )
     if record:
-        VerificationRun.objects.create(
-            finished_at=timezone.now(),
-            ok=result.ok,
-            checked=result.checked,
-            head_seq=result.head_seq,
-            head_hash=result.head_hash,
-            first_bad_seq=result.first_bad_seq,
-            problem=result.problem,
-            digest_seq=seq,
-        )
+        _record(result, digest_seq=seq)
     return result
