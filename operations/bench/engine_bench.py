@@ -48,6 +48,14 @@ def percentile(values: list[float], q: float) -> float | None:
     return values[lo] + (values[hi] - values[lo]) * (k - lo)
 
 
+def steps_decided_twice(step_runs) -> list[tuple[int, int, int]]:
+    """(case, step, times) for each step of these runs decided (applied or escalated) more than once. With nobody
+    returning a step to its agent, any row here is a step applied twice (the benchmark and the fault tests count it)."""
+    decided = step_runs.filter(status__in=(StepRunStatus.SUCCEEDED, StepRunStatus.ESCALATED))
+    rows = decided.values_list("case_id", "step_id").annotate(n=Count("id")).filter(n__gt=1).order_by()
+    return list(rows)
+
+
 class EngineBench:
     def __init__(self, *, out, workers: int = 2, seed: int | None = None):
         self.out = out
@@ -91,10 +99,7 @@ class EngineBench:
     @staticmethod
     def applied_twice(lo: int, hi: int) -> int:
         """(case, step) pairs decided more than once: must be 0 however many workers and clusters ran."""
-        decided = StepRun.objects.filter(
-            case_id__gte=lo, case_id__lte=hi, status__in=(StepRunStatus.SUCCEEDED, StepRunStatus.ESCALATED)
-        )
-        return decided.values("case_id", "step_id").annotate(n=Count("id")).filter(n__gt=1).count()
+        return len(steps_decided_twice(StepRun.objects.filter(case_id__gte=lo, case_id__lte=hi)))
 
     @staticmethod
     def steps_of(lo: int, hi: int) -> int:
@@ -210,7 +215,7 @@ class EngineBench:
             with ExitStack() as stack:
                 procs = [stack.enter_context(qcluster(workers=self.workers)) for _ in range(clusters)]
                 wait_until(lambda: not OrmQ.objects.exists(), timeout=120, proc=procs[0])
-                self.noop_rate(procs[0], 50)  # every cluster up and pulling
+                self.noop_rate(procs[0], 50)  # warm-up: the clusters are up and pulling from the queue
                 scaled = self.engine_run(procs[0], cases)
             result["scale_out"] = {
                 "clusters": clusters,

@@ -19,6 +19,7 @@ from django.db.models import Count, Q
 
 from audit.models import AuditAction, AuditEvent
 from operations.bench.cluster import database_url
+from operations.bench.engine_bench import steps_decided_twice
 from operations.models import (
     Case,
     CaseStatus,
@@ -317,13 +318,8 @@ def audit_run(ids, expected: dict[str, str] | None = None) -> Audit:
     escalation; a step was decided (applied or escalated) at most once per round; at most one payment per case and
     one delivery per idempotency key; no attempt number above the maximum."""
     runs = StepRun.objects.filter(case_id__in=ids)
-    decided = (
-        runs.filter(status__in=[StepRunStatus.SUCCEEDED, StepRunStatus.ESCALATED])
-        .values("case_id", "step_id")
-        .annotate(n=Count("id"))
-    )
     # a step returned to its agent by a human starts a new round; the fault tests resolve nothing, so one round
-    applied_twice = [(d["case_id"], d["step_id"], d["n"]) for d in decided if d["n"] > 1]
+    applied_twice = steps_decided_twice(runs)
     payments = (
         OutboxEntry.objects.filter(case_id__in=ids, kind=OutboxKind.PAYMENT)
         .values("case_id")
