@@ -120,8 +120,11 @@ class Cluster:
             pid = int(mark.name)
             if pid not in ours:
                 continue
+            try:
+                what = mark.read_text()
+            except FileNotFoundError:  # the worker left its agent (and its mark) since the listing: not mid-step
+                continue
             with contextlib.suppress(ProcessLookupError):
-                what = mark.read_text() if mark.exists() else "?"
                 os.kill(pid, signal.SIGKILL)
                 mark.unlink(missing_ok=True)
                 self.kills.append((pid, what))
